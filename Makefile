@@ -1,0 +1,26 @@
+# One venv, made on demand; every target installs what it needs itself.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench bench-quick clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test,dev,progress]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m host_sim.demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check gsi host_sim tests benchmarks
+	$(VENV)/bin/mypy --strict gsi host_sim
+
+clean:
+	rm -rf $(VENV) build *.egg-info

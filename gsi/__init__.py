@@ -1,0 +1,1 @@
+"""gsi: guest-side receiver for the Hyper-V guest file-copy protocol."""
