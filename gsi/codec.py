@@ -24,7 +24,6 @@ from .constants import (
     ICMSG_HDR_END,
     ICMSG_HDR_SIZE,
     PIPE_FLAG_DATA,
-    PIPE_HDR_SIZE,
     WRITE_HEADER_SIZE,
     IcMsgType,
     Operation,
@@ -34,6 +33,7 @@ from .constants import (
 PIPE: Final = struct.Struct("<II")
 IC_HDR: Final = struct.Struct("<HHHHHHIBB2s")
 NEGOTIATE_COUNTS: Final = struct.Struct("<HHI")
+NEGOTIATE_VERCNT: Final = struct.Struct("<HH")
 IC_VERSION: Final = struct.Struct("<HH")
 U16: Final = struct.Struct("<H")
 U32: Final = struct.Struct("<I")
@@ -50,6 +50,8 @@ WRITE_DATA_OFFSET: Final = ICMSG_HDR_END + WRITE_HEADER_SIZE
 WRITE_PREFIX: Final = struct.Struct("<II HHHHHH I BB2s I16s16s I Q I")
 """A whole WRITE request up to its data: pipe, IC header, fcopy header, pad, offset, size."""
 ANSWER_STATUS: Final = struct.Struct("<I")
+START_TAIL: Final = struct.Struct("<IQ")
+"""START copy_flags (u32) and file_size (u64), at payload offset 1104."""
 MSGSIZE_OFFSET: Final = 4
 ICMSGSIZE_OFFSET: Final = 18
 

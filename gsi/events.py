@@ -1,0 +1,172 @@
+"""Events the sans-IO guest protocol hands to its user.
+
+Request events (everything deriving from :class:`Request`) must be answered, in
+order, with :meth:`gsi.protocol.GuestConnection.answer`. The others are notices.
+All events are frozen, slotted, keyword-only dataclasses that validate their
+fields on construction.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Final, Literal
+
+from .constants import CopyFlags, Status, Version
+
+
+class _Sentinel(enum.Enum):
+    NEED_DATA = "NEED_DATA"
+
+    def __repr__(self) -> str:
+        return self.value
+
+
+NEED_DATA: Final = _Sentinel.NEED_DATA
+"""Returned by ``next_event()`` when more bytes must be received first."""
+NeedData = Literal[_Sentinel.NEED_DATA]
+
+
+def _check_u32(name: str, value: int) -> None:
+    if not 0 <= value <= 0xFFFFFFFF:
+        raise ValueError(f"{name} must fit in 32 bits, not {value}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Request:
+    """A host request awaiting its answer.
+
+    Attributes:
+        transaction_id: ictransaction_id, echoed in the answer.
+        request: the whole request payload as received (pipe header included).
+    """
+
+    transaction_id: int
+    request: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.transaction_id <= 0xFF:
+            raise ValueError(f"transaction_id must be a u8, not {self.transaction_id}")
+        if len(self.request) < 28:
+            raise ValueError("a request payload holds at least the 28 header bytes")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Negotiate(Request):
+    """A NEGOTIATE request, already decided by the protocol core.
+
+    Attributes:
+        status: 0 on success, else 0x80004005 (no common version or malformed).
+        framework_version / message_version: the chosen versions, None on failure.
+        reason: why it failed ("" on success).
+        malformed: the body could not be read as a version list (as opposed to
+            a well-formed list with no version in common).
+    """
+
+    status: int
+    framework_version: Version | None
+    message_version: Version | None
+    reason: str = ""
+    malformed: bool = False
+
+    def __post_init__(self) -> None:
+        Request.__post_init__(self)
+        _check_u32("status", self.status)
+        chosen = self.framework_version is not None and self.message_version is not None
+        if chosen != (self.status == Status.S_OK):
+            raise ValueError("versions are chosen exactly when the status is success")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StartCopy(Request):
+    """START_FILE_COPY: open ``path_name + "/" + file_name`` for ``file_size`` bytes."""
+
+    file_name: str
+    path_name: str
+    flags: CopyFlags
+    file_size: int
+
+    def __post_init__(self) -> None:
+        Request.__post_init__(self)
+        if not self.file_name or "/" in self.file_name or "\x00" in self.file_name:
+            raise ValueError(f"invalid file name {self.file_name!r}")
+        if not 0 <= self.file_size < 1 << 64:
+            raise ValueError(f"file_size must be a u64, not {self.file_size}")
+
+    @property
+    def guest_path(self) -> str:
+        """The destination as the Linux daemon forms it: path_name + "/" + file_name."""
+        return f"{self.path_name}/{self.file_name}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WriteData(Request):
+    """WRITE_TO_FILE: ``data`` (a view into ``request``) goes at ``offset``."""
+
+    offset: int
+    data: memoryview = field(repr=False)
+
+    def __post_init__(self) -> None:
+        Request.__post_init__(self)
+        if self.offset < 0:
+            raise ValueError(f"offset must not be negative, not {self.offset}")
+
+    @property
+    def size(self) -> int:
+        return self.data.nbytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CompleteCopy(Request):
+    """COMPLETE_FCOPY with every byte of ``[0, file_size)`` received: commit now."""
+
+    file_size: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CancelCopy(Request):
+    """CANCEL_FCOPY. ``copy_open`` says whether a copy was open (and must be dropped)."""
+
+    copy_open: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rejected(Request):
+    """A request the protocol core refuses itself; answer it with its ``status``.
+
+    Attributes:
+        status: the HRESULT the answer carries (never 0).
+        reason: a sentence for the log.
+        icmsgtype: the request's IC message type.
+        operation: the fcopy operation, None where there was none to read.
+    """
+
+    status: int
+    reason: str
+    icmsgtype: int
+    operation: int | None = None
+
+    def __post_init__(self) -> None:
+        Request.__post_init__(self)
+        _check_u32("status", self.status)
+        if self.status == Status.S_OK:
+            raise ValueError("a rejection carries a failure status")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CopyAborted:
+    """The open copy ended without a commit: drop its temp file. Needs no answer."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConnectionClosed:
+    """The host closed the stream. ``truncated`` bytes of a partial message were lost."""
+
+    truncated: int = 0
+
+
+Event = Negotiate | StartCopy | WriteData | CompleteCopy | CancelCopy | Rejected | \
+    CopyAborted | ConnectionClosed
+RequestEvent = Negotiate | StartCopy | WriteData | CompleteCopy | CancelCopy | Rejected

@@ -1,0 +1,402 @@
+"""The sans-IO guest side of the fcopy protocol.
+
+Theory of operation
+-------------------
+Bytes go in with :meth:`GuestConnection.receive_data` (``b""`` for end of stream).
+:meth:`GuestConnection.next_event` frames them (:mod:`gsi.framing`), validates each
+request against PROTOCOL.md sections 5 and 8 and returns one event at a time, or
+:data:`NEED_DATA`. Every request event must be answered with
+:meth:`GuestConnection.answer` before the next event is asked for: the guest handles
+requests strictly in arrival order, and whether a WRITE is valid depends on how the
+START before it was answered. The answer is the request echoed byte for byte with
+``status`` and ``icflags`` changed (plus the negotiate edits, or a trimmed WRITE echo).
+
+States::
+
+    NEGOTIATING --NEGOTIATE ok--> IDLE --START answered 0--> COPYING
+    COPYING --COMPLETE / CANCEL / START / failed WRITE / invalid WRITE--> IDLE
+    any --end of stream--> CLOSED;  any --framing error--> ERROR
+
+Requests the core refuses itself come out as :class:`Rejected` (answer them as
+they are). Whenever an open copy must be dropped without a commit, a
+:class:`CopyAborted` notice comes out first. Nothing here touches a file or socket.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+
+from . import codec
+from .constants import (
+    DATA_FRAGMENT,
+    FCOPY_HDR_SIZE,
+    GUEST_FCOPY_VERSIONS,
+    GUEST_FRAMEWORK_VERSIONS,
+    GUEST_ICFLAGS,
+    ICFLAGS_OFFSET,
+    ICMSG_HDR_END,
+    ICMSG_HDR_SIZE,
+    LINUX_STATUSES,
+    MAX_NEGOTIATE_COUNT,
+    NEGOTIATE_FIXED_SIZE,
+    START_BODY_SIZE,
+    STATUS_OFFSET,
+    WRITE_HEADER_SIZE,
+    CopyFlags,
+    IcMsgType,
+    Operation,
+    Status,
+    Version,
+    max_msgsize_for,
+)
+from .errors import InvalidNameError, LocalProtocolError
+from .events import (
+    NEED_DATA,
+    CancelCopy,
+    CompleteCopy,
+    ConnectionClosed,
+    CopyAborted,
+    Event,
+    NeedData,
+    Negotiate,
+    Rejected,
+    RequestEvent,
+    StartCopy,
+    WriteData,
+)
+from .framing import Framer
+from .names import NAME_FIELD_SIZE, decode_name
+from .ranges import RangeLimitExceeded, ReceivedRanges
+
+_NAMES_OFFSET = ICMSG_HDR_END + FCOPY_HDR_SIZE
+_START_TAIL = ICMSG_HDR_END + FCOPY_HDR_SIZE + 2 * NAME_FIELD_SIZE
+_WRITE_DATA = codec.WRITE_DATA_OFFSET
+
+
+class GuestState(enum.Enum):
+    NEGOTIATING = "negotiating"
+    IDLE = "idle"
+    COPYING = "copying"
+    CLOSED = "closed"
+    ERROR = "error"
+
+
+class GuestConnection:
+    """One connection (one channel) as the guest sees it.
+
+    Args:
+        max_fragment: largest WRITE ``size`` accepted (framing maximum follows).
+        framework_versions / message_versions: what the guest accepts, in
+            preference order (Linux: 3.0 and 1.1 only).
+        trim_write_echo: answer WRITEs with their first 52 body bytes only.
+        max_file_size: START with a larger ``file_size`` gets 0x80070057.
+        max_ranges: bound on disjoint received ranges per copy (memory bound).
+        linux_status_codes: fold every failure the Linux daemons never send into
+            0x80004005, as they would.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_fragment: int = DATA_FRAGMENT,
+        framework_versions: tuple[Version, ...] = GUEST_FRAMEWORK_VERSIONS,
+        message_versions: tuple[Version, ...] = GUEST_FCOPY_VERSIONS,
+        trim_write_echo: bool = False,
+        max_file_size: int = (1 << 64) - 1,
+        max_ranges: int = 16384,
+        linux_status_codes: bool = False,
+    ) -> None:
+        if not framework_versions or not message_versions:
+            raise ValueError("the guest must accept at least one version of each kind")
+        self.max_fragment = max_fragment
+        self.framework_versions = framework_versions
+        self.message_versions = message_versions
+        self.trim_write_echo = trim_write_echo
+        self.max_file_size = max_file_size
+        self.max_ranges = max_ranges
+        self.linux_status_codes = linux_status_codes
+        self._framer = Framer(max_msgsize_for(max_fragment))
+        self._queue: deque[Event] = deque()
+        self._awaiting: RequestEvent | None = None
+        self.state = GuestState.NEGOTIATING
+        self._negotiated = False
+        self._file_size = 0
+        self._ranges = ReceivedRanges(max_ranges)
+
+    # -- input ---------------------------------------------------------------
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Feed received bytes; ``b""`` means the host closed the stream."""
+        self._framer.feed(data)
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet turned into events."""
+        return self._framer.buffered
+
+    @property
+    def copy_open(self) -> bool:
+        return self.state is GuestState.COPYING
+
+    @property
+    def received_bytes(self) -> int:
+        """Bytes of the open copy covered by accepted WRITEs."""
+        return self._ranges.total
+
+    def next_event(self) -> Event | NeedData:
+        """The next event, or NEED_DATA.
+
+        Raises:
+            FramingError: the stream is unreadable; drop the connection (abort any
+                open copy first: no CopyAborted comes out for this).
+            LocalProtocolError: the previous request has not been answered.
+        """
+        if self._awaiting is not None:
+            raise LocalProtocolError("answer the previous request before the next event")
+        if self._queue:
+            return self._take(self._queue.popleft())
+        if self.state is GuestState.CLOSED:
+            return ConnectionClosed()
+        try:
+            payload = self._framer.next_message()
+        except Exception:
+            self.state = GuestState.ERROR
+            raise
+        if payload is None:
+            if not self._framer.at_eof:
+                return NEED_DATA
+            truncated = self._framer.buffered
+            if self.copy_open:
+                self._queue.append(CopyAborted(reason="connection closed mid-copy"))
+            self._queue.append(ConnectionClosed(truncated=truncated))
+            self.state = GuestState.CLOSED
+            return self._queue.popleft()
+        self._dispatch(payload)
+        return self._take(self._queue.popleft())
+
+    def _take(self, event: Event) -> Event:
+        if not isinstance(event, CopyAborted | ConnectionClosed):
+            self._awaiting = event
+        return event
+
+    # -- output --------------------------------------------------------------
+
+    def answer(self, event: RequestEvent, status: int | None = None) -> bytes:
+        """The answer bytes for the request event just returned.
+
+        Args:
+            event: the event from the latest ``next_event()``.
+            status: the HRESULT for START, WRITE, COMPLETE and CANCEL; must be
+                omitted (or equal) for Negotiate and Rejected, which carry their own.
+        """
+        if event is not self._awaiting:
+            raise LocalProtocolError("answers must follow the events, one for one, in order")
+        if isinstance(event, Negotiate | Rejected):
+            if status is not None and status != event.status:
+                raise LocalProtocolError(f"{type(event).__name__} carries its own status")
+            status = event.status
+        elif status is None:
+            raise LocalProtocolError(f"{type(event).__name__} needs a status to answer with")
+        if not 0 <= status <= 0xFFFFFFFF:
+            raise LocalProtocolError(f"status {status} is not a 32-bit HRESULT")
+        self._awaiting = None
+        self._transition(event, status)
+        if self.linux_status_codes and status not in LINUX_STATUSES:
+            status = Status.E_FAIL
+        if isinstance(event, Negotiate):
+            return self._negotiate_answer(event)
+        if self.trim_write_echo and isinstance(event, WriteData):
+            out = bytearray(event.request[:_WRITE_DATA])
+            codec.U32.pack_into(out, codec.MSGSIZE_OFFSET, ICMSG_HDR_SIZE + WRITE_HEADER_SIZE)
+            codec.U16.pack_into(out, codec.ICMSGSIZE_OFFSET, WRITE_HEADER_SIZE)
+        else:
+            out = bytearray(event.request)
+        codec.U32.pack_into(out, STATUS_OFFSET, status)
+        out[ICFLAGS_OFFSET] = GUEST_ICFLAGS
+        return bytes(out)
+
+    def _transition(self, event: RequestEvent, status: int) -> None:
+        if isinstance(event, Negotiate):
+            if status == Status.S_OK and self.state is GuestState.NEGOTIATING:
+                self._negotiated = True
+                self.state = GuestState.IDLE
+        elif isinstance(event, StartCopy):
+            if status == Status.S_OK:
+                self.state = GuestState.COPYING
+                self._file_size = event.file_size
+                self._ranges = ReceivedRanges(self.max_ranges)
+        elif isinstance(event, WriteData):
+            if status != Status.S_OK:
+                self.state = GuestState.IDLE
+                return
+            start = event.offset
+            try:
+                self._ranges.add(start, start + event.size)
+            except RangeLimitExceeded as exc:
+                # Only reachable by a hostile pattern; refuse further WRITEs cleanly.
+                self._queue.append(CopyAborted(reason=str(exc)))
+                self.state = GuestState.IDLE
+        elif isinstance(event, CompleteCopy | CancelCopy):
+            self.state = GuestState.IDLE
+
+    def _negotiate_answer(self, event: Negotiate) -> bytes:
+        out = bytearray(event.request)
+        body = ICMSG_HDR_END
+        codec.U32.pack_into(out, STATUS_OFFSET, event.status)
+        out[ICFLAGS_OFFSET] = GUEST_ICFLAGS
+        room = len(out) - body
+        if event.framework_version is not None and event.message_version is not None:
+            codec.U16.pack_into(out, codec.ICMSGSIZE_OFFSET, 0x10)
+            codec.NEGOTIATE_VERCNT.pack_into(out, body, 1, 1)
+            codec.IC_VERSION.pack_into(out, body + 8, *event.framework_version)
+            codec.IC_VERSION.pack_into(out, body + 12, *event.message_version)
+        elif room >= codec.NEGOTIATE_VERCNT.size:
+            codec.NEGOTIATE_VERCNT.pack_into(out, body, 0, 0)
+            if not event.malformed:
+                codec.U16.pack_into(out, codec.ICMSGSIZE_OFFSET, 0x10)
+        return bytes(out)
+
+    # -- request validation ----------------------------------------------------
+
+    def _dispatch(self, payload: bytes) -> None:
+        msgtype, tid = codec.peek(payload)
+        if msgtype == IcMsgType.FCOPY:
+            self._fcopy(payload, tid)
+        elif msgtype == IcMsgType.NEGOTIATE:
+            self._queue.append(self._negotiate(payload, tid))
+        else:
+            self._reject(payload, tid, Status.NOT_SUPPORTED,
+                         f"unknown IC message type {msgtype}", msgtype)
+
+    def _reject(self, payload: bytes, tid: int, status: int, reason: str,
+                msgtype: int = IcMsgType.FCOPY, operation: int | None = None,
+                ends_copy: bool = False) -> None:
+        if ends_copy and self.copy_open:
+            self._queue.append(CopyAborted(reason=reason))
+            self.state = GuestState.IDLE
+        self._queue.append(Rejected(transaction_id=tid, request=payload, status=status,
+                                    reason=reason, icmsgtype=msgtype, operation=operation))
+
+    def _negotiate(self, payload: bytes, tid: int) -> Negotiate:
+        def failed(reason: str, malformed: bool = True) -> Negotiate:
+            return Negotiate(transaction_id=tid, request=payload, status=Status.E_FAIL,
+                             framework_version=None, message_version=None, reason=reason,
+                             malformed=malformed)
+
+        body = memoryview(payload)[ICMSG_HDR_END:]
+        if len(body) < NEGOTIATE_FIXED_SIZE:
+            return failed(f"malformed NEGOTIATE: body of {len(body)} bytes")
+        nframe, nmsg, _ = codec.NEGOTIATE_COUNTS.unpack_from(body)
+        if nframe > MAX_NEGOTIATE_COUNT or nmsg > MAX_NEGOTIATE_COUNT:
+            return failed(f"malformed NEGOTIATE: counts {nframe}/{nmsg} above "
+                          f"{MAX_NEGOTIATE_COUNT}")
+        if NEGOTIATE_FIXED_SIZE + 4 * (nframe + nmsg) > len(body):
+            return failed(f"malformed NEGOTIATE: {nframe}+{nmsg} versions overrun a "
+                          f"{len(body)}-byte body")
+        offered = [codec.IC_VERSION.unpack_from(body, NEGOTIATE_FIXED_SIZE + 4 * i)
+                   for i in range(nframe + nmsg)]
+        host_frame, host_msg = set(offered[:nframe]), set(offered[nframe:])
+        framework = next((v for v in self.framework_versions if v in host_frame), None)
+        message = next((v for v in self.message_versions if v in host_msg), None)
+        if framework is None or message is None:
+            return failed(
+                f"no common version: host offers framework {sorted(host_frame)}, "
+                f"message {sorted(host_msg)}",
+                malformed=False,
+            )
+        return Negotiate(transaction_id=tid, request=payload, status=Status.S_OK,
+                         framework_version=framework, message_version=message)
+
+    def _fcopy(self, payload: bytes, tid: int) -> None:
+        if not self._negotiated:
+            self._reject(payload, tid, Status.E_FAIL, "FCOPY before a successful NEGOTIATE")
+            return
+        if len(payload) < ICMSG_HDR_END + 4:
+            self._reject(payload, tid, Status.INVALIDARG,
+                         f"fcopy body of {len(payload) - ICMSG_HDR_END} bytes has no operation",
+                         ends_copy=True)
+            return
+        op = codec.operation_of(payload)
+        if op == Operation.WRITE_TO_FILE:
+            self._write(payload, tid)
+        elif len(payload) < ICMSG_HDR_END + FCOPY_HDR_SIZE:
+            self._reject(payload, tid, Status.INVALIDARG,
+                         f"fcopy header truncated to {len(payload) - ICMSG_HDR_END} bytes",
+                         operation=op, ends_copy=True)
+        elif op == Operation.START_FILE_COPY:
+            self._start(payload, tid)
+        elif op == Operation.COMPLETE_FCOPY:
+            self._complete(payload, tid)
+        elif op == Operation.CANCEL_FCOPY:
+            self._queue.append(CancelCopy(transaction_id=tid, request=payload,
+                                          copy_open=self.copy_open))
+        else:
+            self._reject(payload, tid, Status.NOT_SUPPORTED, f"unknown fcopy operation {op}",
+                         operation=op)
+
+    def _write(self, payload: bytes, tid: int) -> None:
+        op = Operation.WRITE_TO_FILE
+        if not self.copy_open:
+            self._reject(payload, tid, Status.E_FAIL, "WRITE with no open copy", operation=op)
+            return
+        if len(payload) < _WRITE_DATA:
+            self._reject(payload, tid, Status.INVALIDARG,
+                         f"WRITE body of {len(payload) - ICMSG_HDR_END} bytes is shorter than "
+                         f"its {WRITE_HEADER_SIZE}-byte header", operation=op, ends_copy=True)
+            return
+        offset, size = codec.write_fields(payload)
+        if size > self.max_fragment:
+            reason = f"WRITE size {size} exceeds the maximum fragment {self.max_fragment}"
+        elif len(payload) < _WRITE_DATA + size:
+            reason = (f"WRITE size {size} but only {len(payload) - _WRITE_DATA} data bytes "
+                      "in the message")
+        elif offset + size > self._file_size:
+            reason = (f"WRITE of {size} bytes at offset {offset} goes beyond file_size "
+                      f"{self._file_size}")
+        else:
+            self._queue.append(WriteData(transaction_id=tid, request=payload, offset=offset,
+                                         data=memoryview(payload)[_WRITE_DATA:_WRITE_DATA + size]))
+            return
+        self._reject(payload, tid, Status.INVALIDARG, reason, operation=op, ends_copy=True)
+
+    def _start(self, payload: bytes, tid: int) -> None:
+        op = Operation.START_FILE_COPY
+        if self.copy_open:
+            self._queue.append(CopyAborted(reason="a new START arrived while a copy was open"))
+            self.state = GuestState.IDLE
+        if len(payload) < ICMSG_HDR_END + START_BODY_SIZE:
+            self._reject(payload, tid, Status.INVALIDARG,
+                         f"START body of {len(payload) - ICMSG_HDR_END} bytes is shorter than "
+                         f"{START_BODY_SIZE}", operation=op)
+            return
+        try:
+            file_name = decode_name(payload[_NAMES_OFFSET:_NAMES_OFFSET + NAME_FIELD_SIZE])
+            path_name = decode_name(payload[_NAMES_OFFSET + NAME_FIELD_SIZE:_START_TAIL])
+        except InvalidNameError as exc:
+            self._reject(payload, tid, exc.status_hint, f"START: {exc}", operation=op)
+            return
+        flags, file_size = codec.START_TAIL.unpack_from(payload, _START_TAIL)
+        if not file_name or "/" in file_name:
+            self._reject(payload, tid, Status.INVALIDARG,
+                         f"START: file_name {file_name!r} is empty or contains '/'", operation=op)
+        elif file_size > self.max_file_size:
+            self._reject(payload, tid, Status.INVALIDARG,
+                         f"START: file_size {file_size} exceeds the maximum {self.max_file_size}",
+                         operation=op)
+        else:
+            self._queue.append(StartCopy(transaction_id=tid, request=payload,
+                                         file_name=file_name, path_name=path_name,
+                                         flags=CopyFlags(flags), file_size=file_size))
+
+    def _complete(self, payload: bytes, tid: int) -> None:
+        op = Operation.COMPLETE_FCOPY
+        if not self.copy_open:
+            self._reject(payload, tid, Status.E_FAIL, "COMPLETE with no open copy", operation=op)
+        elif not self._ranges.covers(self._file_size):
+            self._reject(payload, tid, Status.E_FAIL,
+                         f"COMPLETE after {self._ranges.total} of {self._file_size} bytes "
+                         f"in {len(self._ranges)} range(s)", operation=op, ends_copy=True)
+        else:
+            self._queue.append(CompleteCopy(transaction_id=tid, request=payload,
+                                            file_size=self._file_size))
