@@ -1,0 +1,43 @@
+"""The real vmbus channel (PROTOCOL.md section 7): sans-IO ring-buffer access."""
+
+from .ring import (
+    DESCRIPTOR_SIZE,
+    FEAT_PENDING_SEND_SZ,
+    MAX_PACKET_SIZE,
+    RING_CONTROL_SIZE,
+    TRAILER_SIZE,
+    VM_PKT_COMP,
+    VM_PKT_DATA_INBAND,
+    VMBUS_DATA_PACKET_FLAG_COMPLETION_REQUESTED,
+    VMBUS_RQST_ERROR,
+    ChannelRings,
+    Packet,
+    RingError,
+    RingFull,
+    RingView,
+    WritableBuffer,
+    need_signal_after_read,
+    need_signal_after_write,
+    packet_ring_bytes,
+)
+
+__all__ = [
+    "DESCRIPTOR_SIZE",
+    "FEAT_PENDING_SEND_SZ",
+    "MAX_PACKET_SIZE",
+    "RING_CONTROL_SIZE",
+    "TRAILER_SIZE",
+    "VMBUS_DATA_PACKET_FLAG_COMPLETION_REQUESTED",
+    "VMBUS_RQST_ERROR",
+    "VM_PKT_COMP",
+    "VM_PKT_DATA_INBAND",
+    "ChannelRings",
+    "Packet",
+    "RingError",
+    "RingFull",
+    "RingView",
+    "WritableBuffer",
+    "need_signal_after_read",
+    "need_signal_after_write",
+    "packet_ring_bytes",
+]
