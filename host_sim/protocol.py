@@ -102,6 +102,11 @@ class HostConnection:
     def in_flight(self) -> int:
         return len(self._in_flight)
 
+    @property
+    def closed(self) -> bool:
+        """The guest closed the stream and every whole answer has been taken."""
+        return self._framer.at_eof
+
     # -- requests --------------------------------------------------------------
 
     def _issue(self, kind: str, size: int = 0) -> int:

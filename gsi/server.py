@@ -1,0 +1,182 @@
+"""The receiver: accepts connections on any number of listeners and serves each in
+its own :class:`gsi.session.Session`, with a connection limit and graceful shutdown."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from .constants import DATA_FRAGMENT, GUEST_FCOPY_VERSIONS, GUEST_FRAMEWORK_VERSIONS, Version
+from .protocol import GuestConnection
+from .session import CopyRecord, Session
+from .sink import FileSink
+
+log = logging.getLogger("gsi.receiver")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReceiverConfig:
+    """Everything a receiver can be told (the CLI maps its flags onto this).
+
+    Attributes:
+        root: the destination root; guest paths land below it.
+        fsync: fsync file and directory before answering COMPLETE.
+        max_fragment: the largest WRITE size accepted.
+        idle_timeout: seconds of silence before a connection is dropped.
+        max_connections: connections served at once; more are closed on accept.
+        max_file_size: START with a larger file_size gets 0x80070057.
+        file_mode: mode of committed files (None: 0o644 less the umask).
+        trim_write_echo: answer WRITEs without their data.
+        linux_status_codes: only answer with the codes the Linux daemons use.
+        grace_period: on shutdown, seconds open copies get to finish.
+        check_free_space: refuse a START whose file_size exceeds the free space.
+        preallocate: reserve the file's space at START.
+    """
+
+    root: Path
+    fsync: bool = True
+    max_fragment: int = DATA_FRAGMENT
+    idle_timeout: float = 60.0
+    max_connections: int = 256
+    max_file_size: int = (1 << 64) - 1
+    file_mode: int | None = None
+    trim_write_echo: bool = False
+    linux_status_codes: bool = False
+    grace_period: float = 10.0
+    check_free_space: bool = True
+    preallocate: bool = False
+    framework_versions: tuple[Version, ...] = GUEST_FRAMEWORK_VERSIONS
+    message_versions: tuple[Version, ...] = GUEST_FCOPY_VERSIONS
+    receive_size: int = 256 * 1024
+
+
+@dataclass(slots=True)
+class ReceiverStats:
+    """Counters since start."""
+
+    connections: int = 0
+    refused_connections: int = 0
+    committed: int = 0
+    failed: int = 0
+    bytes_committed: int = 0
+    last_records: list[CopyRecord] = field(default_factory=list)
+
+    def add(self, record: CopyRecord) -> None:
+        if record.outcome == "committed":
+            self.committed += 1
+            self.bytes_committed += record.size
+        else:
+            self.failed += 1
+        self.last_records.append(record)
+        del self.last_records[:-100]
+
+
+class Receiver:
+    """Serves connections into one FileSink.
+
+    Use :meth:`serve` inside a nursery; call :meth:`shutdown` (or cancel) to stop.
+    """
+
+    def __init__(self, config: ReceiverConfig) -> None:
+        self.config = config
+        self.sink = FileSink(config.root, fsync=config.fsync, file_mode=config.file_mode,
+                             check_free_space=config.check_free_space,
+                             preallocate=config.preallocate)
+        self.stats = ReceiverStats()
+        self._sessions: set[Session] = set()
+        self._accepting = trio.CancelScope()
+        self._connections_done = trio.Event()
+
+    @property
+    def active_connections(self) -> int:
+        return len(self._sessions)
+
+    def _new_connection(self) -> GuestConnection:
+        c = self.config
+        return GuestConnection(max_fragment=c.max_fragment, trim_write_echo=c.trim_write_echo,
+                               max_file_size=c.max_file_size,
+                               linux_status_codes=c.linux_status_codes,
+                               framework_versions=c.framework_versions,
+                               message_versions=c.message_versions)
+
+    async def serve(self, listeners: list[trio.abc.Listener[trio.abc.Stream]], *,
+                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Accept and serve until :meth:`shutdown`; then wait for the sessions."""
+        removed = self.sink.cleanup_stale_temps()
+        for name in removed:
+            log.info("removed a stale temp file left by a dead receiver: %s", name)
+        try:
+            async with trio.open_nursery() as sessions:
+                with self._accepting:
+                    async with trio.open_nursery() as accepters:
+                        for listener in listeners:
+                            accepters.start_soon(self._accept_loop, listener, sessions)
+                        task_status.started()
+                # Shutting down: no new connections; give open copies the grace period.
+                for session in list(self._sessions):
+                    session.request_stop()
+                with trio.move_on_after(self.config.grace_period):
+                    while self._sessions:
+                        await self._wait_sessions_changed()
+                sessions.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                for listener in listeners:
+                    await trio.aclose_forcefully(listener)
+            self.sink.close()
+
+    async def _wait_sessions_changed(self) -> None:
+        self._connections_done = trio.Event()
+        await self._connections_done.wait()
+
+    def shutdown(self) -> None:
+        """Stop accepting; idle connections close now, open copies get the grace period."""
+        self._accepting.cancel()
+
+    async def _accept_loop(self, listener: trio.abc.Listener[trio.abc.Stream],
+                           sessions: trio.Nursery) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:  # e.g. EMFILE: back off instead of spinning
+                log.error("accept failed: %s", exc)
+                await trio.sleep(0.1)
+                continue
+            self.stats.connections += 1
+            if len(self._sessions) >= self.config.max_connections:
+                self.stats.refused_connections += 1
+                log.warning("refusing a connection: %d connections already open",
+                            len(self._sessions))
+                await trio.aclose_forcefully(stream)
+                continue
+            session = Session(stream, self.sink, self._new_connection(),
+                              idle_timeout=self.config.idle_timeout,
+                              receive_size=self.config.receive_size,
+                              peer=_peer_name(stream, self.stats.connections),
+                              on_record=self.stats.add)
+            self._sessions.add(session)
+            sessions.start_soon(self._run_session, session)
+
+    async def _run_session(self, session: Session) -> None:
+        try:
+            await session.run()
+        except Exception:
+            log.exception("%s: connection failed", session.peer)
+        finally:
+            self._sessions.discard(session)
+            self._connections_done.set()
+
+
+def _peer_name(stream: trio.abc.Stream, number: int) -> str:
+    """``#7 127.0.0.1:50312`` where the peer has an address, else ``#7``."""
+    sock = getattr(stream, "socket", None)
+    try:
+        peer = sock.getpeername() if sock is not None else None
+    except OSError:
+        peer = None
+    if isinstance(peer, tuple):
+        return f"#{number} {peer[0]}:{peer[1]}"
+    return f"#{number}"

@@ -1,0 +1,223 @@
+"""One connection's session: bytes -> GuestConnection -> FileSink -> answers.
+
+The protocol decisions are the core's (:mod:`gsi.protocol`); the filesystem is the
+sink's (:mod:`gsi.sink`). This module only moves events between them, batches the
+answers to one received chunk into one send, enforces the idle timeout and logs
+every copy once when it ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+
+from .constants import Status, describe_status
+from .errors import FramingError, SinkError
+from .events import (
+    NEED_DATA,
+    CancelCopy,
+    CompleteCopy,
+    ConnectionClosed,
+    CopyAborted,
+    Negotiate,
+    Rejected,
+    StartCopy,
+    WriteData,
+)
+from .protocol import GuestConnection
+from .sink import FileSink, OpenCopy
+
+log = logging.getLogger("gsi.receiver")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CopyRecord:
+    """How one copy ended, as logged."""
+
+    peer: str
+    target: str
+    size: int
+    received: int
+    seconds: float
+    outcome: str
+    """"committed", "cancelled", "failed" or "aborted"."""
+    status: int
+    reason: str
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.received / self.seconds / 1e6 if self.seconds > 0 else 0.0
+
+    def __str__(self) -> str:
+        return (f"copy {self.outcome}: {self.target} ({self.received}/{self.size} bytes, "
+                f"{self.seconds:.3f} s, {self.mb_per_s:.1f} MB/s) from {self.peer}"
+                + (f": {describe_status(self.status)}: {self.reason}" if self.reason else ""))
+
+
+class Session:
+    """Serves one host connection until it closes, errs, idles out or is cancelled.
+
+    Args:
+        stream: the connection.
+        sink: where files go.
+        connection: a fresh GuestConnection configured by the server.
+        idle_timeout: seconds without a byte from the host before the connection
+            is dropped (any open copy aborted).
+        receive_size: bytes asked for per receive.
+        peer: a name for the log.
+        on_record: called with the record of every copy that ends.
+    """
+
+    def __init__(self, stream: trio.abc.Stream, sink: FileSink, connection: GuestConnection,
+                 *, idle_timeout: float, receive_size: int = 256 * 1024,
+                 peer: str = "host",
+                 on_record: Callable[[CopyRecord], None] | None = None) -> None:
+        self.stream = stream
+        self.sink = sink
+        self.conn = connection
+        self.idle_timeout = idle_timeout
+        self.receive_size = receive_size
+        self.peer = peer
+        self.on_record = on_record
+        self.copy: OpenCopy | None = None
+        self._started = 0.0
+        self._stopping = False
+        self._receive_scope = trio.CancelScope()
+
+    @property
+    def copy_open(self) -> bool:
+        return self.copy is not None
+
+    def request_stop(self) -> None:
+        """Leave as soon as no copy is open (now, if none is): graceful shutdown."""
+        self._stopping = True
+        if self.copy is None:
+            self._receive_scope.cancel()
+
+    async def run(self) -> None:
+        """Serve the connection; always leaves no temp file behind and closes the stream."""
+        try:
+            await self._serve()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            log.warning("%s: connection lost: %s", self.peer, exc or type(exc).__name__)
+            self._drop_copy("aborted", Status.E_FAIL, "connection lost")
+        finally:
+            self._drop_copy("failed", Status.E_FAIL, "the session ended with the copy open")
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(self.stream)
+
+    async def _serve(self) -> None:
+        while not (self._stopping and self.copy is None):
+            self._receive_scope = trio.CancelScope(
+                deadline=trio.current_time() + self.idle_timeout)
+            with self._receive_scope:
+                data = await self.stream.receive_some(self.receive_size)
+            if self._receive_scope.cancelled_caught:
+                if self._stopping and self.copy is None:
+                    return
+                log.warning("%s: idle for %.1f s, closing", self.peer, self.idle_timeout)
+                self._drop_copy("aborted", Status.E_FAIL, "idle timeout")
+                return
+            self.conn.receive_data(data)
+            try:
+                answers, closed = await self._handle_events()
+            except FramingError as exc:
+                log.warning("%s: framing error, closing: %s", self.peer, exc)
+                self._drop_copy("aborted", exc.status_hint, f"framing error: {exc}")
+                return
+            if answers:
+                await self.stream.send_all(answers)
+            if closed:
+                return
+
+    async def _handle_events(self) -> tuple[bytearray, bool]:
+        """Handle every event in what was received; the answers go out as one batch."""
+        out = bytearray()
+        conn = self.conn
+        while True:
+            event = conn.next_event()
+            if event is NEED_DATA:
+                return out, False
+            if isinstance(event, WriteData):
+                out += conn.answer(event, self._write(event))
+            elif isinstance(event, StartCopy):
+                out += conn.answer(event, await self._start(event))
+            elif isinstance(event, CompleteCopy):
+                out += conn.answer(event, await self._complete())
+            elif isinstance(event, CancelCopy):
+                self._drop_copy("cancelled", Status.S_OK, "the host cancelled")
+                out += conn.answer(event, Status.S_OK)
+            elif isinstance(event, Negotiate):
+                if event.status != Status.S_OK:
+                    log.warning("%s: negotiation failed: %s", self.peer, event.reason)
+                out += conn.answer(event)
+            elif isinstance(event, Rejected):
+                log.warning("%s: refused request: %s: %s", self.peer,
+                            describe_status(event.status), event.reason)
+                out += conn.answer(event)
+            elif isinstance(event, CopyAborted):
+                self._drop_copy("aborted", Status.E_FAIL, event.reason)
+            elif isinstance(event, ConnectionClosed):
+                if event.truncated:
+                    log.warning("%s: closed mid-message (%d bytes lost)", self.peer,
+                                event.truncated)
+                return out, True
+
+    async def _start(self, event: StartCopy) -> int:
+        self._started = time.perf_counter()
+        try:
+            # Shielded: a cancellation must not lose the OpenCopy (and its temp file).
+            with trio.CancelScope(shield=True):
+                self.copy = await trio.to_thread.run_sync(
+                    self.sink.begin, event.path_name, event.file_name, event.flags,
+                    event.file_size)
+        except SinkError as exc:
+            self._record(event.guest_path, event.file_size, 0, "failed", exc.status, exc.reason)
+            return exc.status
+        return Status.S_OK
+
+    def _write(self, event: WriteData) -> int:
+        copy = self.copy
+        if copy is None:  # the core only emits WriteData for an open copy
+            return Status.E_FAIL
+        try:
+            copy.write(event.offset, event.data)
+        except SinkError as exc:
+            self._drop_copy("failed", exc.status, exc.reason)
+            return exc.status
+        return Status.S_OK
+
+    async def _complete(self) -> int:
+        copy = self.copy
+        if copy is None:
+            return Status.E_FAIL
+        try:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(copy.commit)
+        except SinkError as exc:
+            self._drop_copy("failed", exc.status, exc.reason)
+            return exc.status
+        self.copy = None
+        self._record(copy.target, copy.file_size, copy.file_size, "committed", Status.S_OK, "")
+        return Status.S_OK
+
+    def _drop_copy(self, outcome: str, status: int, reason: str) -> None:
+        copy = self.copy
+        if copy is None:
+            return
+        self.copy = None
+        copy.abort()
+        self._record(copy.target, copy.file_size, copy.bytes_written, outcome, status, reason)
+
+    def _record(self, target: str, size: int, received: int, outcome: str, status: int,
+                reason: str) -> None:
+        record = CopyRecord(peer=self.peer, target=target, size=size, received=received,
+                            seconds=time.perf_counter() - self._started, outcome=outcome,
+                            status=status, reason=reason)
+        if self.on_record is not None:
+            self.on_record(record)
+        log.log(logging.INFO if outcome == "committed" else logging.WARNING, "%s", record)

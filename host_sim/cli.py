@@ -1,0 +1,165 @@
+"""``host-sim``: push files into a guest as Copy-VMFile does."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import trio
+
+from gsi.constants import DATA_FRAGMENT
+from gsi.errors import CopyFailed, GsiError
+from gsi.transports import TransportError, parse_url
+
+from .client import CopyResult, HostClient, Progress, open_host
+from .protocol import MAX_WINDOW
+
+EPILOG = """\
+examples:
+  host-sim copy --to unix:///run/gsi.sock report.pdf /home/user/
+  host-sim copy --to tcp://127.0.0.1:5005 --create-full-path --force a.bin b.bin /data/new/
+  host-sim copy --to unix:///run/gsi.sock --window 32 --fragment-size 65536 big.img /images/
+
+Like Copy-VMFile -SourcePath SOURCE -DestinationPath DEST_DIR -FileSource Host:
+--force is -Force (overwrite), --create-full-path is -CreateFullPath.
+Exit status: 0 all copied, 1 a copy failed (the guest's status is printed), 2 bad usage.
+"""
+
+
+def _window(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= MAX_WINDOW:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_WINDOW}, not {value}")
+    return value
+
+
+def _fragment(text: str) -> int:
+    value = int(text, 0)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="host-sim",
+                                description="Hyper-V host simulator for the guest "
+                                            "file-copy protocol.")
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("copy", help="copy files into the guest, one after another",
+                       description="Copy files into the guest over one connection, one "
+                                   "after another, like repeated Copy-VMFile calls.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.add_argument("--to", required=True, metavar="URL",
+                   help="the guest: tcp://HOST:PORT, unix:///path, vsock://CID:PORT, "
+                        "hyperv://VMID/SERVICEID")
+    c.add_argument("paths", nargs="+", metavar="SOURCE... DEST_DIR",
+                   help="files to copy, then the guest directory (path_name)")
+    c.add_argument("--name", help="file name in the guest (one SOURCE only; default: "
+                                  "the source's base name)")
+    c.add_argument("--create-full-path", action="store_true",
+                   help="create missing directories (-CreateFullPath)")
+    c.add_argument("--force", action="store_true",
+                   help="overwrite an existing file (-Force)")
+    c.add_argument("--fragment-size", type=_fragment, default=DATA_FRAGMENT, metavar="N",
+                   help="data bytes per WRITE (default %(default)s, like the real host; "
+                        "the guest must accept it: gsi-receiver --max-fragment)")
+    c.add_argument("--window", type=_window, default=1, metavar="N",
+                   help="WRITEs in flight (default 1: stop-and-wait like the real host)")
+    c.add_argument("--trimmed-writes", action="store_true",
+                   help="send WRITE bodies of 52+size bytes instead of full length")
+    c.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar (default: on when stdout is a terminal)")
+    return p
+
+
+@contextmanager
+def _progress_bar(enabled: bool) -> Iterator[Callable[[str, int], Progress] | None]:
+    """Yields a factory of per-file progress callbacks, or None."""
+    if not enabled:
+        yield None
+        return
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+    from rich.progress import (
+        Progress as RichProgress,
+    )
+
+    with RichProgress("{task.description}", BarColumn(), DownloadColumn(),
+                      TransferSpeedColumn(), TimeRemainingColumn()) as bar:
+        def factory(label: str, total: int) -> Progress:
+            task = bar.add_task(label, total=total)
+            return lambda done, _total: bar.update(task, completed=done)
+        yield factory
+
+
+async def copy_all(args: argparse.Namespace, sources: list[Path], dest: str,
+                   progress: Callable[[str, int], Progress] | None) -> list[CopyResult]:
+    results = []
+    async with open_host(args.to, fragment_size=args.fragment_size,
+                         full_write_body=not args.trimmed_writes) as host:
+        for source in sources:
+            results.append(await _copy_one(host, args, source, dest, progress))
+            print(results[-1], flush=True)
+    return results
+
+
+async def _copy_one(host: HostClient, args: argparse.Namespace, source: Path, dest: str,
+                    progress: Callable[[str, int], Progress] | None) -> CopyResult:
+    callback = progress(source.name, source.stat().st_size) if progress else None
+    try:
+        return await host.copy_file(source, dest, name=args.name,
+                                    create_full_path=args.create_full_path, force=args.force,
+                                    window=args.window, progress=callback)
+    except CopyFailed as exc:
+        raise CopyFailed(f"copy of {source} failed: {exc}", status=exc.status) from exc
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    if len(args.paths) < 2:
+        parser.error("copy needs at least one SOURCE and a DEST_DIR")
+    *source_names, dest = args.paths
+    sources = [Path(s) for s in source_names]
+    if args.name is not None and len(sources) > 1:
+        parser.error("--name works with one SOURCE only")
+    for source in sources:
+        if not source.is_file():
+            print(f"host-sim: {source} is not a readable file", file=sys.stderr)
+            return 2
+    try:
+        parse_url(args.to)
+    except TransportError as exc:
+        print(f"host-sim: {exc}", file=sys.stderr)
+        return 2
+    show = sys.stdout.isatty() if args.progress is None else args.progress
+    try:
+        with _progress_bar(show) as progress:
+            results = trio.run(copy_all, args, sources, dest, progress)
+    except CopyFailed as exc:
+        print(f"host-sim: {exc}", file=sys.stderr)
+        return 1
+    except (GsiError, OSError) as exc:
+        print(f"host-sim: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    if len(results) > 1:
+        total = sum(r.size for r in results)
+        seconds = sum(r.seconds for r in results)
+        print(f"{len(results)} files, {total} bytes in {seconds:.3f} s "
+              f"({total / seconds / 1e6 if seconds else 0:.1f} MB/s)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,290 @@
+"""The host side over a real transport: what ``Copy-VMFile`` does, and more.
+
+:class:`HostClient` holds one channel (one connection): it negotiates once and then
+copies files one after another, like repeated Copy-VMFile calls. A copy is START,
+the file in fragments, COMPLETE. With ``window=1`` exactly one request is in flight
+at a time, like the real host; a larger window pipelines WRITEs. Reading the source
+(in a worker thread), sending and reading answers overlap, and memory stays bounded
+by the window and two read-ahead chunks.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import trio
+
+from gsi.constants import (
+    DATA_FRAGMENT,
+    HOST_FCOPY_VERSIONS,
+    HOST_FRAMEWORK_VERSIONS,
+    CopyFlags,
+    Status,
+    Version,
+    describe_status,
+)
+from gsi.errors import CopyFailed, ProtocolError
+from gsi.transports import connect
+
+from .protocol import MAX_WINDOW, Answer, HostConnection
+
+Progress = Callable[[int, int], None]
+"""Called with (bytes acknowledged, file size) after each batch of answers."""
+
+READ_AHEAD_CHUNKS = 2
+RECEIVE_SIZE = 256 * 1024
+
+_HINTS = {
+    Status.ALREADY_EXISTS: "use --force to overwrite",
+    Status.PATH_NOT_FOUND: "use --create-full-path to create it",
+    Status.ACCESS_DENIED: "the path leaves the guest's destination root or is not writable",
+    Status.DISK_FULL: "the guest's disk has too little space",
+    Status.INVALIDARG: "the guest refused a field (name, size or fragment); see its log",
+}
+
+
+def explain_status(status: int) -> str:
+    """``0x80070050: the file exists (use --force to overwrite)``."""
+    hint = _HINTS.get(status)  # type: ignore[call-overload]
+    return describe_status(status) + (f" ({hint})" if hint else "")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CopyResult:
+    source: str
+    path_name: str
+    file_name: str
+    size: int
+    seconds: float
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.size / self.seconds / 1e6 if self.seconds > 0 else 0.0
+
+    def __str__(self) -> str:
+        return (f"copied {self.source} -> {self.path_name.rstrip('/')}/{self.file_name}: "
+                f"{self.size} bytes in {self.seconds:.3f} s ({self.mb_per_s:.1f} MB/s)")
+
+
+class HostClient:
+    """One channel to a guest.
+
+    Args:
+        stream: a connected transport stream (see :func:`gsi.transports.connect`).
+        fragment_size: data bytes per WRITE (the real host: 6144).
+        full_write_body: pad WRITE bodies to full length, as the real host does.
+    """
+
+    def __init__(self, stream: trio.abc.Stream, *, fragment_size: int = DATA_FRAGMENT,
+                 full_write_body: bool = True) -> None:
+        self.stream = stream
+        self.conn = HostConnection(fragment_size=fragment_size,
+                                   full_write_body=full_write_body)
+        self.fragment_size = fragment_size
+        self.negotiated = False
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+    # -- one request at a time -------------------------------------------------
+
+    def poll_answer(self) -> Answer | None:
+        """The next answer already received, or None without waiting.
+
+        Raises:
+            CopyFailed: the guest broke the protocol.
+        """
+        try:
+            answer = self.conn.next_answer()
+        except ProtocolError as exc:
+            raise CopyFailed(f"the guest broke the protocol: {exc}") from exc
+        return answer if isinstance(answer, Answer) else None
+
+    async def next_answer(self) -> Answer:
+        """Wait for the next answer.
+
+        Raises:
+            CopyFailed: the guest closed the connection or broke the protocol.
+        """
+        while (answer := self.poll_answer()) is None:
+            if self.conn.closed:
+                raise CopyFailed("the guest closed the connection")
+            try:
+                data = await self.stream.receive_some(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                raise CopyFailed(f"connection lost: {exc}") from exc
+            self.conn.receive_data(data)
+        return answer
+
+    async def send(self, message: bytes) -> None:
+        try:
+            await self.stream.send_all(message)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise CopyFailed(f"connection lost: {exc}") from exc
+
+    async def request(self, message: bytes) -> Answer:
+        """Send one request and wait for its answer (stop-and-wait)."""
+        await self.send(message)
+        return await self.next_answer()
+
+    async def negotiate(
+        self,
+        framework_versions: tuple[Version, ...] = HOST_FRAMEWORK_VERSIONS,
+        message_versions: tuple[Version, ...] = HOST_FCOPY_VERSIONS,
+    ) -> Answer:
+        answer = await self.request(self.conn.negotiate(framework_versions, message_versions))
+        if not answer.ok:
+            raise CopyFailed(f"version negotiation failed: {explain_status(answer.status)}",
+                             status=answer.status)
+        self.negotiated = True
+        return answer
+
+    # -- a whole copy ----------------------------------------------------------
+
+    async def copy_file(
+        self, source: str | os.PathLike[str], dest_dir: str, *, name: str | None = None,
+        create_full_path: bool = False, force: bool = False, window: int = 1,
+        progress: Progress | None = None,
+    ) -> CopyResult:
+        """Copy one file, as ``Copy-VMFile -SourcePath source -DestinationPath dest_dir``.
+
+        Raises:
+            CopyFailed: a non-zero status (``.status`` holds it) or a lost connection.
+            OSError: the source cannot be read.
+            InvalidNameError: a name does not fit the 260-unit UTF-16 field.
+        """
+        if not 1 <= window <= MAX_WINDOW:
+            raise ValueError(f"window must be between 1 and {MAX_WINDOW}, not {window}")
+        if not self.negotiated:
+            await self.negotiate()
+        path = Path(source)
+        file_name = name if name is not None else path.name
+        flags = (CopyFlags.CREATE_PATH if create_full_path else CopyFlags.NONE) | (
+            CopyFlags.OVER_WRITE if force else CopyFlags.NONE)
+        with path.open("rb", buffering=0) as f:
+            size = os.fstat(f.fileno()).st_size
+            started = time.perf_counter()
+            start = self.conn.start_copy(file_name=file_name, path_name=dest_dir,
+                                         flags=flags, file_size=size)
+            self._check(await self.request(start), "START")
+            await self._send_data(f, size, window, progress)
+            self._check(await self.request(self.conn.complete()), "COMPLETE")
+            seconds = time.perf_counter() - started
+        return CopyResult(source=str(source), path_name=dest_dir, file_name=file_name,
+                          size=size, seconds=seconds)
+
+    @staticmethod
+    def _check(answer: Answer, what: str) -> None:
+        if not answer.ok:
+            raise CopyFailed(f"{what} refused: {explain_status(answer.status)}",
+                             status=answer.status)
+
+    async def _send_data(self, f: BinaryIO, size: int, window: int,
+                         progress: Progress | None) -> None:
+        fragments = math.ceil(size / self.fragment_size)
+        if fragments == 0:
+            return
+        chunk_size = self.fragment_size * max(1, (1 << 20) // self.fragment_size)
+        chunks_in, chunks_out = trio.open_memory_channel[bytes](READ_AHEAD_CHUNKS)
+        window_state = _Window(window)
+
+        async def read_source() -> None:
+            async with chunks_in:
+                left = size
+                while left:
+                    chunk = await trio.to_thread.run_sync(f.read, min(chunk_size, left))
+                    if not chunk:
+                        raise CopyFailed(f"the source shrank while it was read ({left} bytes "
+                                         "missing)")
+                    left -= len(chunk)
+                    await chunks_in.send(chunk)
+
+        async def send_fragments() -> None:
+            conn, frag, offset = self.conn, self.fragment_size, 0
+            async with chunks_out:
+                async for chunk in chunks_out:
+                    view, pos = memoryview(chunk), 0
+                    while pos < len(view):
+                        credits = await window_state.take()
+                        batch = []
+                        for _ in range(credits):
+                            piece = view[pos:pos + frag]
+                            if not piece:
+                                break
+                            batch.append(conn.write(offset, piece))
+                            offset += len(piece)
+                            pos += len(piece)
+                        window_state.give_back(credits - len(batch))
+                        await self.send(b"".join(batch))
+
+        async def read_answers() -> None:
+            done = acknowledged = 0
+            while done < fragments:
+                answer: Answer | None = await self.next_answer()
+                batch = 0
+                # Take every answer already received before waking the sender.
+                while answer is not None:
+                    self._check(answer, "WRITE")
+                    acknowledged += answer.size
+                    batch += 1
+                    answer = self.poll_answer() if done + batch < fragments else None
+                done += batch
+                window_state.give_back(batch)
+                if progress is not None:
+                    progress(acknowledged, size)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_source)
+            nursery.start_soon(send_fragments)
+            nursery.start_soon(read_answers)
+
+
+class _Window:
+    """Credits for requests in flight; the sender takes all that are free at once."""
+
+    def __init__(self, size: int) -> None:
+        self._free = size
+        self._changed = trio.Event()
+
+    async def take(self) -> int:
+        while self._free == 0:
+            await self._changed.wait()
+            self._changed = trio.Event()
+        taken, self._free = self._free, 0
+        return taken
+
+    def give_back(self, credits: int) -> None:
+        if credits:
+            self._free += credits
+            self._changed.set()
+
+
+@asynccontextmanager
+async def open_host(url: str, *, fragment_size: int = DATA_FRAGMENT,
+                    full_write_body: bool = True) -> AsyncIterator[HostClient]:
+    """Connect to a guest at ``url`` and close the channel afterwards."""
+    stream = await connect(url)
+    client = HostClient(stream, fragment_size=fragment_size, full_write_body=full_write_body)
+    try:
+        yield client
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+async def copy_vm_file(
+    url: str, source: str | os.PathLike[str], dest_dir: str, *, name: str | None = None,
+    create_full_path: bool = False, force: bool = False,
+    fragment_size: int = DATA_FRAGMENT, window: int = 1, progress: Progress | None = None,
+) -> CopyResult:
+    """One Copy-VMFile over a fresh connection to ``url``."""
+    async with open_host(url, fragment_size=fragment_size) as host:
+        return await host.copy_file(source, dest_dir, name=name,
+                                    create_full_path=create_full_path, force=force,
+                                    window=window, progress=progress)
