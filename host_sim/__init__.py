@@ -1,1 +1,19 @@
-"""host_sim: a host simulator for the Hyper-V guest file-copy protocol."""
+"""host_sim: a host simulator for the Hyper-V guest file-copy protocol.
+
+:class:`HostConnection` is the sans-IO host side; :class:`HostClient`,
+:func:`open_host` and :func:`copy_vm_file` drive it over any gsi transport.
+"""
+
+from .client import CopyResult, HostClient, copy_vm_file, explain_status, open_host
+from .protocol import MAX_WINDOW, Answer, HostConnection
+
+__all__ = [
+    "MAX_WINDOW",
+    "Answer",
+    "CopyResult",
+    "HostClient",
+    "HostConnection",
+    "copy_vm_file",
+    "explain_status",
+    "open_host",
+]
