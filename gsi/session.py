@@ -123,23 +123,28 @@ class Session:
                 self._drop_copy("aborted", Status.E_FAIL, "idle timeout")
                 return
             self.conn.receive_data(data)
-            try:
-                answers, closed = await self._handle_events()
-            except FramingError as exc:
-                log.warning("%s: framing error, closing: %s", self.peer, exc)
-                self._drop_copy("aborted", exc.status_hint, f"framing error: {exc}")
-                return
+            answers, closed = await self._handle_events()
             if answers:
                 await self.stream.send_all(answers)
             if closed:
                 return
 
     async def _handle_events(self) -> tuple[bytearray, bool]:
-        """Handle every event in what was received; the answers go out as one batch."""
+        """Handle every event in what was received; the answers go out as one batch.
+
+        Returns the answers and whether the connection is to be closed (the host
+        closed it, or the stream cannot be framed: the answers to the requests before
+        the bad bytes still go out).
+        """
         out = bytearray()
         conn = self.conn
         while True:
-            event = conn.next_event()
+            try:
+                event = conn.next_event()
+            except FramingError as exc:
+                log.warning("%s: framing error, closing: %s", self.peer, exc)
+                self._drop_copy("aborted", exc.status_hint, f"framing error: {exc}")
+                return out, True
             if event is NEED_DATA:
                 return out, False
             if isinstance(event, WriteData):
