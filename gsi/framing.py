@@ -78,7 +78,8 @@ class Framer:
             end = pos + PIPE_HDR_SIZE + msgsize
             if end <= len(buf):
                 self._pos = end
-                return bytes(buf[pos:end])
+                with memoryview(buf) as view:
+                    return bytes(view[pos:end])  # one copy, no intermediate bytearray
         if pos:
             del buf[:pos]
             self._pos = 0

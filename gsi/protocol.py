@@ -229,14 +229,6 @@ class GuestConnection:
         elif isinstance(event, WriteData):
             if status != Status.S_OK:
                 self.state = GuestState.IDLE
-                return
-            start = event.offset
-            try:
-                self._ranges.add(start, start + event.size)
-            except RangeLimitExceeded as exc:
-                # Only reachable by a hostile pattern; refuse further WRITEs cleanly.
-                self._queue.append(CopyAborted(reason=str(exc)))
-                self.state = GuestState.IDLE
         elif isinstance(event, CompleteCopy | CancelCopy):
             self.state = GuestState.IDLE
 
@@ -355,6 +347,13 @@ class GuestConnection:
             reason = (f"WRITE of {size} bytes at offset {offset} goes beyond file_size "
                       f"{self._file_size}")
         else:
+            try:
+                # Counted now: a failed answer ends the copy, so the ranges no longer matter.
+                self._ranges.add(offset, offset + size)
+            except RangeLimitExceeded as exc:  # only a hostile write pattern gets here
+                self._reject(payload, tid, Status.INVALIDARG, f"WRITE: {exc}", operation=op,
+                             ends_copy=True)
+                return
             self._queue.append(WriteData(transaction_id=tid, request=payload, offset=offset,
                                          data=memoryview(payload)[_WRITE_DATA:_WRITE_DATA + size]))
             return

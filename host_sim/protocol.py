@@ -191,8 +191,6 @@ class HostConnection:
         payload = self._framer.next_message()
         if payload is None:
             return None if self._framer.at_eof else NEED_DATA
-        if len(payload) < ICMSG_HDR_END:
-            raise RemoteProtocolError(f"answer of {len(payload)} bytes is shorter than 28")
         if not self._in_flight:
             raise RemoteProtocolError("an answer arrived with no request in flight")
         msgtype, tid = codec.peek(payload)
