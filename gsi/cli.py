@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="answer WRITEs without echoing their data")
     p.add_argument("--linux-status-codes", action="store_true",
                    help="answer only with the status codes the Linux daemons use")
+    p.add_argument("--linux-create-path", action="store_true",
+                   help="with CREATE_PATH, create the last directory only when the path "
+                        "ends in '/', as the Linux daemons do")
     p.add_argument("--log-level", default="INFO",
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="log level on stderr (default %(default)s)")
@@ -103,7 +106,8 @@ def config_from_args(args: argparse.Namespace) -> ReceiverConfig:
         max_file_size=args.max_file_size, file_mode=args.file_mode,
         grace_period=args.grace_period, preallocate=args.preallocate,
         check_free_space=not args.no_free_space_check,
-        trim_write_echo=args.trim_write_echo, linux_status_codes=args.linux_status_codes)
+        trim_write_echo=args.trim_write_echo, linux_status_codes=args.linux_status_codes,
+        linux_create_path=args.linux_create_path)
 
 
 async def run(config: ReceiverConfig, urls: list[str]) -> None:

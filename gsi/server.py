@@ -34,6 +34,8 @@ class ReceiverConfig:
         grace_period: on shutdown, seconds open copies get to finish.
         check_free_space: refuse a START whose file_size exceeds the free space.
         preallocate: reserve the file's space at START.
+        linux_create_path: CREATE_PATH creates the last component of path_name only
+            when it ends in "/", as the Linux daemons do.
     """
 
     root: Path
@@ -48,6 +50,7 @@ class ReceiverConfig:
     grace_period: float = 10.0
     check_free_space: bool = True
     preallocate: bool = False
+    linux_create_path: bool = False
     framework_versions: tuple[Version, ...] = GUEST_FRAMEWORK_VERSIONS
     message_versions: tuple[Version, ...] = GUEST_FCOPY_VERSIONS
     receive_size: int = 256 * 1024
@@ -84,7 +87,8 @@ class Receiver:
         self.config = config
         self.sink = FileSink(config.root, fsync=config.fsync, file_mode=config.file_mode,
                              check_free_space=config.check_free_space,
-                             preallocate=config.preallocate)
+                             preallocate=config.preallocate,
+                             linux_create_path=config.linux_create_path)
         self.stats = ReceiverStats()
         self._sessions: set[Session] = set()
         self._accepting = trio.CancelScope()

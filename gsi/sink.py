@@ -339,6 +339,9 @@ class FileSink:
             space (``f_bavail * f_frsize``) of the target's filesystem.
         coalesce_bytes: contiguous writes are gathered up to this many bytes per
             ``pwrite``; 0 writes every fragment at once.
+        linux_create_path: CREATE_PATH as the Linux daemons do it: the last component
+            of ``path_name`` is created only when ``path_name`` ends in "/" (by
+            default every missing component is created).
 
     Raises:
         SinkError: PATH_NOT_FOUND if ``root`` does not exist or is not a directory,
@@ -355,8 +358,10 @@ class FileSink:
         preallocate: bool = False,
         check_free_space: bool = True,
         coalesce_bytes: int = 1 << 20,
+        linux_create_path: bool = False,
     ) -> None:
         self.root = os.fspath(root)
+        self.linux_create_path = linux_create_path
         self.fsync = fsync
         self.file_mode = file_mode
         self.dir_mode = dir_mode
@@ -402,11 +407,17 @@ class FileSink:
             self._check_space(fd, file_size, target)
             space_checked = True
 
+        create = bool(flags & CopyFlags.CREATE_PATH)
+        if create and self.linux_create_path and parts and not path_name.endswith("/"):
+            # Linux creates only the components a "/" follows; the last must exist.
+            os.close(open_directory(root_fd, self.root_real, parts[:-1], create=True,
+                                    dir_mode=self.dir_mode, before_mkdir=before_mkdir))
+            create = False
         dir_fd = open_directory(
             root_fd,
             self.root_real,
             parts,
-            create=bool(flags & CopyFlags.CREATE_PATH),
+            create=create,
             dir_mode=self.dir_mode,
             before_mkdir=before_mkdir,
         )

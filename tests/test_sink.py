@@ -738,3 +738,24 @@ def test_read_only_filesystem(small_tmpfs: Path) -> None:
         assert "EROFS" in info.value.reason
         with refused(Status.ACCESS_DENIED):
             s.begin("new", "f", CP, 1)
+
+
+@pytest.mark.parametrize("linux", [False, True])
+def test_linux_create_path_leaves_the_last_component_unless_slash(
+    tmp_path: Path, linux: bool
+) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    with FileSink(root, fsync=False, linux_create_path=linux) as sink:
+        if linux:
+            with pytest.raises(SinkError) as info:
+                sink.begin("/a/b", "f.txt", CopyFlags.CREATE_PATH, 1)
+            assert info.value.status == Status.PATH_NOT_FOUND
+            assert (root / "a").is_dir() and not (root / "a" / "b").exists()
+        else:
+            sink.begin("/a/b", "f.txt", CopyFlags.CREATE_PATH, 1).abort()
+            assert (root / "a" / "b").is_dir()
+        copy = sink.begin("/a/b/", "f.txt", CopyFlags.CREATE_PATH, 1)
+        copy.write(0, b"x")
+        copy.commit()
+    assert (root / "a" / "b" / "f.txt").read_bytes() == b"x"
