@@ -24,14 +24,22 @@ from .transports import (
 
 log = logging.getLogger("gsi.receiver")
 
+TRANSPORT_MODES: dict[str, bool | None] = {"auto": None, "native": True, "threaded": False}
+"""``--transport-mode`` -> the ``native`` argument of ``gsi.transports.open_listeners``."""
+
 EPILOG = """\
 URLs: tcp://HOST:PORT (port 0 picks a free port), unix:///abs/path,
-vsock://CID:PORT (CID -1 = any, for a Linux guest on Hyper-V: hv_sock).
+vsock://CID:PORT (CID -1 = any, for a Linux guest on Hyper-V: hv_sock),
+vmbus://[INSTANCE] (the real fcopy channel bound to uio_hv_generic, in place of
+hv_fcopy_uio_daemon: stock Copy-VMFile; see docs/vmbus.md),
+vmbus-emu:///abs/path[?ring_size=0x4000] (an emulated channel for host-sim).
 
 examples:
   gsi-receiver --root /srv/incoming --listen unix:///run/gsi.sock
   gsi-receiver --root /srv/incoming --listen tcp://127.0.0.1:0 --no-fsync
   gsi-receiver --root /srv/incoming --listen vsock://-1:5005
+  gsi-receiver --root /srv/incoming --listen vmbus:// --idle-timeout 3600
+  gsi-receiver --root /tmp/in --listen 'vmbus-emu:///tmp/gsi-ring?ring_size=0x5000'
 """
 
 
@@ -93,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--linux-create-path", action="store_true",
                    help="with CREATE_PATH, create the last directory only when the path "
                         "ends in '/', as the Linux daemons do")
+    p.add_argument("--transport-mode", choices=list(TRANSPORT_MODES), default="auto",
+                   help="hyperv:// listeners only: trio's native socket listener, a "
+                        "thread-backed one, or auto (probe; default)")
     p.add_argument("--log-level", default="INFO",
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="log level on stderr (default %(default)s)")
@@ -110,13 +121,16 @@ def config_from_args(args: argparse.Namespace) -> ReceiverConfig:
         linux_create_path=args.linux_create_path)
 
 
-async def run(config: ReceiverConfig, urls: list[str]) -> None:
-    """Open every listener, announce it on stdout, serve until SIGINT/SIGTERM."""
+async def run(config: ReceiverConfig, urls: list[str], native: bool | None = None) -> None:
+    """Open every listener, announce it on stdout, serve until SIGINT/SIGTERM.
+
+    ``native`` is passed to ``open_listeners`` (it only matters for hyperv://).
+    """
     receiver = Receiver(config)
     listeners = []
     try:
         for url in urls:
-            listeners.extend(await open_listeners(url))
+            listeners.extend(await open_listeners(url, native=native))
     except BaseException:
         for listener in listeners:
             await trio.aclose_forcefully(listener)
@@ -179,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gsi-receiver: {exc}", file=sys.stderr)
         return 2
     try:
-        trio.run(run, config_from_args(args), args.listen)
+        trio.run(run, config_from_args(args), args.listen,
+                 TRANSPORT_MODES[args.transport_mode])
     except (TransportError, OSError) as exc:
         print(f"gsi-receiver: cannot listen: {exc}", file=sys.stderr)
         return 2

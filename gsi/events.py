@@ -155,9 +155,21 @@ class Rejected(Request):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CopyAborted:
-    """The open copy ended without a commit: drop its temp file. Needs no answer."""
+    """The open copy ended without a commit: drop its temp file. Needs no answer.
+
+    Attributes:
+        reason: why, for the log.
+        status: the status the host is answered with for the request that ended the
+            copy (0x80004005 where no request did, e.g. the connection closed).
+    """
 
     reason: str
+    status: int = Status.E_FAIL
+
+    def __post_init__(self) -> None:
+        _check_u32("status", self.status)
+        if self.status == Status.S_OK:
+            raise ValueError("an aborted copy carries a failure status")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

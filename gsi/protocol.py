@@ -265,7 +265,7 @@ class GuestConnection:
                 msgtype: int = IcMsgType.FCOPY, operation: int | None = None,
                 ends_copy: bool = False) -> None:
         if ends_copy and self.copy_open:
-            self._queue.append(CopyAborted(reason=reason))
+            self._queue.append(CopyAborted(reason=reason, status=status))
             self.state = GuestState.IDLE
         self._queue.append(Rejected(transaction_id=tid, request=payload, status=status,
                                     reason=reason, icmsgtype=msgtype, operation=operation))

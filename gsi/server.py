@@ -119,7 +119,13 @@ class Receiver:
                         for listener in listeners:
                             accepters.start_soon(self._accept_loop, listener, sessions)
                         task_status.started()
-                # Shutting down: no new connections; give open copies the grace period.
+                # Shutting down: no new connections (close the listeners now, so that a
+                # host connecting meanwhile is refused instead of waiting in the backlog
+                # for the whole grace period); give open copies the grace period.
+                with trio.CancelScope(shield=True):
+                    for listener in listeners:
+                        await trio.aclose_forcefully(listener)
+                log.info("stopped accepting connections (%d open)", len(self._sessions))
                 for session in list(self._sessions):
                     session.request_stop()
                 with trio.move_on_after(self.config.grace_period):

@@ -5,15 +5,21 @@
 """
 
 from .client import CopyResult, HostClient, copy_vm_file, explain_status, open_host
+from .faults import FaultPlan, FaultReport, FaultyHost, faulty_copy, parse_fault
 from .protocol import MAX_WINDOW, Answer, HostConnection
 
 __all__ = [
     "MAX_WINDOW",
     "Answer",
     "CopyResult",
+    "FaultPlan",
+    "FaultReport",
+    "FaultyHost",
     "HostClient",
     "HostConnection",
     "copy_vm_file",
     "explain_status",
+    "faulty_copy",
     "open_host",
+    "parse_fault",
 ]

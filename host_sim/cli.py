@@ -16,13 +16,22 @@ from gsi.errors import CopyFailed, GsiError
 from gsi.transports import TransportError, parse_url
 
 from .client import CopyResult, HostClient, Progress, open_host
+from .fault_plan import Fault, FaultSpecError, parse_fault
+from .faults import run_cli as run_faulty
 from .protocol import MAX_WINDOW
+
+TRANSPORT_MODES: dict[str, bool | None] = {"auto": None, "native": True, "threaded": False}
+"""``--transport-mode`` -> the ``native`` argument of ``gsi.transports.connect``."""
 
 EPILOG = """\
 examples:
   host-sim copy --to unix:///run/gsi.sock report.pdf /home/user/
   host-sim copy --to tcp://127.0.0.1:5005 --create-full-path --force a.bin b.bin /data/new/
   host-sim copy --to unix:///run/gsi.sock --window 32 --fragment-size 65536 big.img /images/
+  host-sim copy --to hyperv://VMID/0000138d-facb-11e6-bd58-64006a7986d3 report.pdf /in/
+  host-sim copy --to unix:///run/gsi.sock --fault stall:at=write:10,seconds=5 a.bin /data/
+  host-sim copy --to vmbus-emu:///tmp/gsi-ring report.pdf /in/  (a receiver's emulated
+      vmbus channel: gsi-receiver --listen vmbus-emu:///tmp/gsi-ring; docs/vmbus.md)
 
 Like Copy-VMFile -SourcePath SOURCE -DestinationPath DEST_DIR -FileSource Host:
 --force is -Force (overwrite), --create-full-path is -CreateFullPath.
@@ -44,6 +53,13 @@ def _fragment(text: str) -> int:
     return value
 
 
+def _fault(text: str) -> Fault:
+    try:
+        return parse_fault(text)
+    except FaultSpecError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="host-sim",
                                 description="Hyper-V host simulator for the guest "
@@ -55,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     c.add_argument("--to", required=True, metavar="URL",
                    help="the guest: tcp://HOST:PORT, unix:///path, vsock://CID:PORT, "
-                        "hyperv://VMID/SERVICEID")
+                        "hyperv://VMID/SERVICEID, vmbus-emu:///path")
     c.add_argument("paths", nargs="+", metavar="SOURCE... DEST_DIR",
                    help="files to copy, then the guest directory (path_name)")
     c.add_argument("--name", help="file name in the guest (one SOURCE only; default: "
@@ -71,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="WRITEs in flight (default 1: stop-and-wait like the real host)")
     c.add_argument("--trimmed-writes", action="store_true",
                    help="send WRITE bodies of 52+size bytes instead of full length")
+    c.add_argument("--transport-mode", choices=list(TRANSPORT_MODES), default="auto",
+                   help="hyperv:// only: trio's native socket stream, a thread-backed one, "
+                        "or auto (probe whether trio can poll the socket; default)")
+    c.add_argument("--fault", action="append", type=_fault, default=[], metavar="SPEC",
+                   help="inject a fault, KIND[:KEY=VALUE,...] (repeatable; every kind and "
+                        "what the guest should do: docs/faults.md); prints a report per "
+                        "copy, exit status 1 if a copy was not committed")
     c.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: on when stdout is a terminal)")
     return p
@@ -104,7 +127,8 @@ async def copy_all(args: argparse.Namespace, sources: list[Path], dest: str,
                    progress: Callable[[str, int], Progress] | None) -> list[CopyResult]:
     results = []
     async with open_host(args.to, fragment_size=args.fragment_size,
-                         full_write_body=not args.trimmed_writes) as host:
+                         full_write_body=not args.trimmed_writes,
+                         native=TRANSPORT_MODES[args.transport_mode]) as host:
         for source in sources:
             results.append(await _copy_one(host, args, source, dest, progress))
             print(results[-1], flush=True)
@@ -141,6 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     except TransportError as exc:
         print(f"host-sim: {exc}", file=sys.stderr)
         return 2
+    if args.fault:
+        try:
+            return run_faulty(args, sources, dest)
+        except (GsiError, OSError) as exc:
+            print(f"host-sim: {exc}", file=sys.stderr)
+            return 1
     show = sys.stdout.isatty() if args.progress is None else args.progress
     try:
         with _progress_bar(show) as progress:

@@ -40,6 +40,8 @@ Progress = Callable[[int, int], None]
 
 READ_AHEAD_CHUNKS = 2
 RECEIVE_SIZE = 256 * 1024
+LARGE_FRAGMENT = 64 * 1024
+"""From this fragment size on, WRITE data goes out without being joined to its header."""
 
 _HINTS = {
     Status.ALREADY_EXISTS: "use --force to overwrite",
@@ -123,7 +125,7 @@ class HostClient:
             self.conn.receive_data(data)
         return answer
 
-    async def send(self, message: bytes) -> None:
+    async def send(self, message: bytes | bytearray | memoryview) -> None:
         try:
             await self.stream.send_all(message)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
@@ -208,21 +210,30 @@ class HostClient:
 
         async def send_fragments() -> None:
             conn, frag, offset = self.conn, self.fragment_size, 0
+            # Small fragments: every request of a batch joined once (one copy, one send);
+            # large ones: each buffer sent as it is (the data is never copied).
+            gather = frag < LARGE_FRAGMENT
             async with chunks_out:
                 async for chunk in chunks_out:
                     view, pos = memoryview(chunk), 0
                     while pos < len(view):
                         credits = await window_state.take()
-                        batch = []
+                        parts: list[bytes | memoryview] = []
+                        requests = 0
                         for _ in range(credits):
                             piece = view[pos:pos + frag]
                             if not piece:
                                 break
-                            batch.append(conn.write(offset, piece))
+                            parts.extend(conn.write_parts(offset, piece))
+                            requests += 1
                             offset += len(piece)
                             pos += len(piece)
-                        window_state.give_back(credits - len(batch))
-                        await self.send(b"".join(batch))
+                        window_state.give_back(credits - requests)
+                        if gather:
+                            await self.send(b"".join(parts))
+                        else:
+                            for part in parts:
+                                await self.send(part)
 
         async def read_answers() -> None:
             done = acknowledged = 0
@@ -240,10 +251,21 @@ class HostClient:
                 if progress is not None:
                     progress(acknowledged, size)
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(read_source)
-            nursery.start_soon(send_fragments)
-            nursery.start_soon(read_answers)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read_source)
+                nursery.start_soon(send_fragments)
+                nursery.start_soon(read_answers)
+        except BaseExceptionGroup as group:
+            # trio wraps a task's error in an ExceptionGroup; copy_file documents (and the
+            # CLI catches) CopyFailed / OSError themselves, so surface the first of them.
+            failed, _ = group.split((CopyFailed, OSError))
+            if failed is None:
+                raise
+            first: BaseException = failed
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            raise first from None
 
 
 class _Window:
@@ -268,9 +290,14 @@ class _Window:
 
 @asynccontextmanager
 async def open_host(url: str, *, fragment_size: int = DATA_FRAGMENT,
-                    full_write_body: bool = True) -> AsyncIterator[HostClient]:
-    """Connect to a guest at ``url`` and close the channel afterwards."""
-    stream = await connect(url)
+                    full_write_body: bool = True,
+                    native: bool | None = None) -> AsyncIterator[HostClient]:
+    """Connect to a guest at ``url`` and close the channel afterwards.
+
+    ``native`` (hyperv:// only) forces trio's native stream (True) or the thread-backed
+    one (False); None probes the socket. See :func:`gsi.transports.connect`.
+    """
+    stream = await connect(url, native=native)
     client = HostClient(stream, fragment_size=fragment_size, full_write_body=full_write_body)
     try:
         yield client
@@ -282,9 +309,10 @@ async def copy_vm_file(
     url: str, source: str | os.PathLike[str], dest_dir: str, *, name: str | None = None,
     create_full_path: bool = False, force: bool = False,
     fragment_size: int = DATA_FRAGMENT, window: int = 1, progress: Progress | None = None,
+    native: bool | None = None,
 ) -> CopyResult:
-    """One Copy-VMFile over a fresh connection to ``url``."""
-    async with open_host(url, fragment_size=fragment_size) as host:
+    """One Copy-VMFile over a fresh connection to ``url`` (``native``: see open_host)."""
+    async with open_host(url, fragment_size=fragment_size, native=native) as host:
         return await host.copy_file(source, dest_dir, name=name,
                                     create_full_path=create_full_path, force=force,
                                     window=window, progress=progress)

@@ -1,4 +1,5 @@
-"""Byte-stream transports chosen by URL: tcp://, unix://, vsock://, hyperv://.
+"""Byte-stream transports chosen by URL: tcp://, unix://, vsock://, hyperv://, and the
+vmbus channel itself: vmbus:// (the real one, guest side) and vmbus-emu:// (emulated).
 
 ``open_listeners(url)`` and ``connect(url)`` give trio streams that behave the same for
 every family (``send_all``, ``receive_some``, ``send_eof``, ``aclose``); ``listener_url``
@@ -35,6 +36,8 @@ from .url import (
     HyperVAddress,
     TcpAddress,
     UnixAddress,
+    VmbusAddress,
+    VmbusEmuAddress,
     VsockAddress,
     format_url,
     parse_url,
@@ -65,6 +68,8 @@ __all__ = [
     "TransportError",
     "UnixAddress",
     "UnixSocketListener",
+    "VmbusAddress",
+    "VmbusEmuAddress",
     "VsockAddress",
     "choose_listener",
     "choose_stream",

@@ -19,6 +19,8 @@ from .url import (
     HyperVAddress,
     TcpAddress,
     UnixAddress,
+    VmbusAddress,
+    VmbusEmuAddress,
     VsockAddress,
     format_url,
     parse_url,
@@ -57,6 +59,14 @@ async def open_listeners(url: str | Address, *, native: bool | None = None) -> l
         listeners.append(await open_unix_listener(address))
     elif isinstance(address, VsockAddress):
         listeners.append(await open_vsock_listener(address))
+    elif isinstance(address, VmbusAddress):
+        from ..vmbus.uio import open_uio_listener  # here: gsi.vmbus imports this package
+
+        listeners.append(await open_uio_listener(address))
+    elif isinstance(address, VmbusEmuAddress):
+        from ..vmbus.emu import open_emulated_listener
+
+        listeners.append(await open_emulated_listener(address))
     else:
         listeners.append(await open_hyperv_listener(address, native=native))
     for listener in listeners:
@@ -83,6 +93,14 @@ async def connect(
         return await connect_unix(address)
     if isinstance(address, VsockAddress):
         return await connect_vsock(address)
+    if isinstance(address, VmbusAddress):
+        raise TransportError(f"cannot connect to {format_url(address)}: vmbus:// is the "
+                             "guest's end of the real channel (listen only); a simulated "
+                             "host connects to an emulated one, vmbus-emu:///path")
+    if isinstance(address, VmbusEmuAddress):
+        from ..vmbus.emu import connect_emulated_host
+
+        return await connect_emulated_host(address)
     return await connect_hyperv(address, native=native)
 
 
@@ -106,6 +124,9 @@ def sockname_address(sock: trio.socket.SocketType | socket.socket) -> Address:
 
 def listener_url(listener: trio.abc.Listener[Any]) -> str:
     """The URL a listener from ``open_listeners`` really bound (port 0 resolved)."""
+    url = getattr(listener, "url", None)  # vmbus listeners: no socket, a channel URL
+    if isinstance(url, str):
+        return url
     sock = getattr(listener, "socket", None)
     if sock is None:
         raise TypeError(f"{listener!r} is not a socket listener from open_listeners()")

@@ -12,6 +12,12 @@ Accepted forms (``format_url`` writes the first, canonical spelling of each):
 - ``hyperv://VMID/SERVICEID``: two GUIDs; VMID may also be one of the well-known names of
   hvsocket.h (``wildcard``, ``zero``, ``broadcast``, ``children``, ``loopback``,
   ``parent``, ``silohost``, any case).
+- ``vmbus://[INSTANCE][?ring_size=N]``: the real fcopy vmbus channel under uio_hv_generic
+  (listen only, on a Linux guest); INSTANCE is the device instance GUID (default: the
+  fcopy channel's), ``ring_size`` overrides what sysfs says (docs/vmbus.md).
+- ``vmbus-emu:///abs/path[?ring_size=N]``: an emulated channel (the same ring layout in a
+  shared file, FIFOs for interrupts): a receiver listens (creating it, ring size N,
+  default 0x4000), a host connects. The path may not contain ``?`` or ``#``.
 """
 
 from __future__ import annotations
@@ -71,6 +77,13 @@ _TCP_EXAMPLE: Final = "tcp://127.0.0.1:5005 or tcp://[::1]:5005"
 _UNIX_EXAMPLE: Final = "unix:///run/gsi.sock"
 _VSOCK_EXAMPLE: Final = "vsock://-1:5005 (listen) or vsock://3:5005 (connect to CID 3)"
 _HYPERV_EXAMPLE: Final = "hyperv://parent/0000138d-facb-11e6-bd58-64006a7986d3"
+_VMBUS_EXAMPLE: Final = "vmbus:// or vmbus://eb765408-105f-49b6-b4aa-c123b64d17d4"
+_VMBUS_EMU_EXAMPLE: Final = "vmbus-emu:///tmp/gsi-ring?ring_size=0x4000"
+
+VMBUS_FCOPY_INSTANCE: Final = uuid.UUID("eb765408-105f-49b6-b4aa-c123b64d17d4")
+"""Device instance GUID of the fcopy vmbus channel (``hv_fcopy_uio_daemon.c``)."""
+VMBUS_RING_SIZE_MIN: Final = 0x2000
+VMBUS_RING_SIZE_MAX: Final = 0x4000_0000
 
 _DIGITS = re.compile(r"[0-9]{1,10}")
 _HOSTNAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_.])?")
@@ -148,7 +161,55 @@ class HyperVAddress:
             )
 
 
-Address: TypeAlias = TcpAddress | UnixAddress | VsockAddress | HyperVAddress
+def _check_ring_size(value: int | None, example: str) -> None:
+    if value is None:
+        return
+    if (isinstance(value, bool) or not isinstance(value, int) or value % 4096
+            or not VMBUS_RING_SIZE_MIN <= value <= VMBUS_RING_SIZE_MAX):
+        raise TransportError(
+            f"ring_size {value!r} is not a multiple of 4096 in {VMBUS_RING_SIZE_MIN:#x}.."
+            f"{VMBUS_RING_SIZE_MAX:#x}; expected e.g. {example}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VmbusAddress:
+    """``vmbus://INSTANCE``: the fcopy channel under uio_hv_generic (guest, listen only).
+
+    ``ring_size`` (one ring, control page included) overrides the size sysfs reports.
+    """
+
+    scheme: ClassVar[str] = "vmbus"
+    instance: uuid.UUID = VMBUS_FCOPY_INSTANCE
+    ring_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.instance, uuid.UUID):
+            raise TransportError(
+                f"vmbus device instance must be a uuid.UUID; expected e.g. {_VMBUS_EXAMPLE}")
+        _check_ring_size(self.ring_size, _VMBUS_EXAMPLE)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VmbusEmuAddress:
+    """``vmbus-emu:///abs/path``: an emulated channel; ``ring_size`` None = the default
+    (listening) or whatever the receiver made (connecting)."""
+
+    scheme: ClassVar[str] = "vmbus-emu"
+    path: str
+    ring_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if (not isinstance(self.path, str) or not self.path.startswith("/")
+                or self.path.endswith("/") or any(c in self.path for c in "\0?#")):
+            raise TransportError(
+                f"emulated channel path {self.path!r} is not an absolute file path without "
+                f"'?' or '#'; expected e.g. {_VMBUS_EMU_EXAMPLE}")
+        _check_ring_size(self.ring_size, _VMBUS_EMU_EXAMPLE)
+
+
+Address: TypeAlias = (
+    TcpAddress | UnixAddress | VsockAddress | HyperVAddress | VmbusAddress | VmbusEmuAddress
+)
 
 
 def _valid_host(host: str) -> bool:
@@ -176,10 +237,11 @@ def parse_url(url: str) -> Address:
         raise _bad(
             url,
             f"unknown or missing scheme {scheme!r}" if sep else "missing scheme",
-            "tcp://127.0.0.1:5005, unix:///run/gsi.sock, vsock://-1:5005 or "
-            "hyperv://parent/0000138d-facb-11e6-bd58-64006a7986d3",
+            "tcp://127.0.0.1:5005, unix:///run/gsi.sock, vsock://-1:5005, "
+            "hyperv://parent/0000138d-facb-11e6-bd58-64006a7986d3, vmbus:// or "
+            "vmbus-emu:///tmp/gsi-ring",
         )
-    if scheme != "unix" and ("?" in rest or "#" in rest):
+    if scheme not in _QUERY_SCHEMES and ("?" in rest or "#" in rest):
         raise _bad(url, "query or fragment not allowed", _EXAMPLES[scheme])
     return _PARSERS[scheme](url, rest)
 
@@ -256,18 +318,64 @@ def _parse_hyperv(url: str, rest: str) -> HyperVAddress:
     return HyperVAddress(vm_id=vm_id, service_id=_guid(url, "ServiceId", service_text))
 
 
+def _ring_size_query(url: str, query: str, example: str) -> int | None:
+    """``ring_size=N`` (decimal or 0x hex), the only query a vmbus URL takes."""
+    if not query:
+        return None
+    key, sep, value = query.partition("=")
+    if key != "ring_size" or not sep or "&" in value:
+        raise _bad(url, f"unknown query {query!r} (only ring_size=N)", example)
+    try:
+        size = int(value, 0)
+    except ValueError:
+        raise _bad(url, f"ring_size {value!r} is not a number", example) from None
+    _check_ring_size(size, example)
+    return size
+
+
+def _parse_vmbus(url: str, rest: str) -> VmbusAddress:
+    if "#" in rest:
+        raise _bad(url, "fragment not allowed", _VMBUS_EXAMPLE)
+    text, _, query = rest.partition("?")
+    ring_size = _ring_size_query(url, query, _VMBUS_EXAMPLE)
+    if not text:
+        return VmbusAddress(ring_size=ring_size)
+    match = _GUID.fullmatch(text)
+    if match is None or (text.startswith("{") != text.endswith("}")):
+        raise _bad(url, f"vmbus device instance {text!r} is not a GUID", _VMBUS_EXAMPLE)
+    return VmbusAddress(instance=uuid.UUID(match.group(1)), ring_size=ring_size)
+
+
+def _parse_vmbus_emu(url: str, rest: str) -> VmbusEmuAddress:
+    if "#" in rest:
+        raise _bad(url, "fragment not allowed", _VMBUS_EMU_EXAMPLE)
+    path, _, query = rest.partition("?")
+    if not path.startswith("/"):
+        raise _bad(url, "the channel path must be absolute (three slashes)", _VMBUS_EMU_EXAMPLE)
+    if path == "/" or path.endswith("/") or "\0" in path:
+        raise _bad(url, "the channel path must name a file", _VMBUS_EMU_EXAMPLE)
+    return VmbusEmuAddress(path=path,
+                           ring_size=_ring_size_query(url, query, _VMBUS_EMU_EXAMPLE))
+
+
 _PARSERS: Final[Mapping[str, Callable[[str, str], Address]]] = {
     "tcp": _parse_tcp,
     "unix": _parse_unix,
     "vsock": _parse_vsock,
     "hyperv": _parse_hyperv,
+    "vmbus": _parse_vmbus,
+    "vmbus-emu": _parse_vmbus_emu,
 }
 _EXAMPLES = {
     "tcp": _TCP_EXAMPLE,
     "unix": _UNIX_EXAMPLE,
     "vsock": _VSOCK_EXAMPLE,
     "hyperv": _HYPERV_EXAMPLE,
+    "vmbus": _VMBUS_EXAMPLE,
+    "vmbus-emu": _VMBUS_EMU_EXAMPLE,
 }
+#: Schemes whose parser handles ``?`` (and ``#``) itself.
+_QUERY_SCHEMES: Final = frozenset({"unix", "vmbus", "vmbus-emu"})
 
 
 def _vsock_text(value: int) -> str:
@@ -285,4 +393,9 @@ def format_url(address: Address) -> str:
         return f"vsock://{_vsock_text(address.cid)}:{_vsock_text(address.port)}"
     if isinstance(address, HyperVAddress):
         return f"hyperv://{address.vm_id}/{address.service_id}"
+    if isinstance(address, VmbusAddress | VmbusEmuAddress):
+        query = "" if address.ring_size is None else f"?ring_size={address.ring_size:#x}"
+        if isinstance(address, VmbusAddress):
+            return f"vmbus://{address.instance}{query}"
+        return f"vmbus-emu://{address.path}{query}"
     raise TypeError(f"not a transport address: {address!r}")

@@ -315,6 +315,15 @@ class RingView:
         """
         return self._data_size - self.bytes_available_to_read()
 
+    def data_bytes(self, start: int, n: int) -> bytes:
+        """``n`` bytes of the data area from ``start``, wrapping (raw packet bytes).
+
+        Raises ValueError for a ``start`` outside the data area or ``n`` beyond its size.
+        """
+        if not 0 <= start < self._data_size or not 0 <= n <= self._data_size:
+            raise ValueError(f"{n} bytes at {start:#x} do not fit a {self._data_size:#x} ring")
+        return self._copy_out(start, n)
+
     def _copy_out(self, start: int, n: int) -> bytes:
         end = start + n
         if end <= self._data_size:

@@ -1,0 +1,113 @@
+"""Processes of a benchmark run: servers that announce their URL, timed host runs, and
+what ``/proc`` says about a server (CPU seconds, peak RSS)."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+PYTHON = sys.executable
+REPO = Path(__file__).resolve().parent.parent
+_TICKS = os.sysconf("SC_CLK_TCK")
+_CPUS = sorted(os.sched_getaffinity(0))
+PIN = {"server": _CPUS[-1:], "client": _CPUS[:1]} if len(_CPUS) >= 2 else None
+"""Servers run on the last CPU, clients on the first (one core each, as on two machines'
+worth of a 2-core box): stop-and-wait latency then does not depend on where the scheduler
+happens to put the two processes. ``set_pinning(False)`` turns it off."""
+
+
+def set_pinning(enabled: bool) -> None:
+    global PIN
+    PIN = ({"server": _CPUS[-1:], "client": _CPUS[:1]}
+           if enabled and len(_CPUS) >= 2 else None)
+
+
+def _pin(role: str) -> Callable[[], None] | None:
+    if PIN is None:
+        return None
+    cpus = PIN[role]
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
+class ServerError(RuntimeError):
+    pass
+
+
+class Server:
+    """A server process started from ``argv`` that prints ``listening on URL`` first."""
+
+    def __init__(self, name: str, argv: list[str], log: Path) -> None:
+        self.name = name
+        self._log = log.open("ab")
+        self.proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE,
+                                     stderr=self._log, stdin=subprocess.DEVNULL,
+                                     preexec_fn=_pin("server"))
+        self.url = self._wait_url()
+
+    def _wait_url(self, timeout: float = 20.0) -> str:
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        line = b""
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.proc.stdout], [], [], 0.1)
+            if ready:
+                line = self.proc.stdout.readline()
+                if line.startswith(b"listening on "):
+                    return line.decode().split()[-1]
+            if self.proc.poll() is not None:
+                break
+        self.stop()
+        raise ServerError(f"{self.name} did not start (see {self._log.name}): {line!r}")
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def cpu_seconds(self) -> float:
+        """utime + stime so far, from /proc/<pid>/stat."""
+        stat = Path(f"/proc/{self.pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2:].split()
+        return (int(fields[11]) + int(fields[12])) / _TICKS
+
+    def peak_rss(self) -> int:
+        """VmHWM in bytes, from /proc/<pid>/status."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        raise ServerError("no VmHWM")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self._log.close()
+
+
+def run_json(argv: list[str], log: Path, timeout: float = 1800) -> tuple[dict[str, Any], float]:
+    """Run a program that prints one JSON object last; (that object, its CPU seconds)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with log.open("ab") as err:
+        done = subprocess.run(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=err,
+                              stdin=subprocess.DEVNULL, timeout=timeout, check=False,
+                              preexec_fn=_pin("client"))
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        raise ServerError(f"{' '.join(argv[:4])}... exited {done.returncode} (see {log})")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    result: dict[str, Any] = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    return result, cpu

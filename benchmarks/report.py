@@ -1,0 +1,209 @@
+"""Turn a run's JSON into the targets, a markdown table and a PNG chart.
+
+``python -m benchmarks.report results/latest-full.json`` rewrites the ``.md`` and ``.png``
+beside it (the chart needs the ``bench`` extra: ``pip install -e '.[bench]'``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+Case = dict[str, Any]
+MiB = 1 << 20
+STOCK = 6144
+
+
+def _find(doc: dict[str, Any], **want: Any) -> list[Case]:
+    return [c for c in doc["cases"] if all(c.get(k) == v for k, v in want.items())]
+
+
+def _row(target: str, case: Case | None, measured: float | None, baseline: float | None,
+         ratio: float | None, threshold: str, met: bool | None, note: str = "") -> dict[str, Any]:
+    return {"target": target, "case": case["label"] if case else "", "measured": measured,
+            "baseline": baseline, "ratio": ratio, "threshold": threshold, "met": met,
+            "note": note}
+
+
+def _vs(case: Case, name: str) -> tuple[float, float]:
+    base = case["baselines"][name]
+    return base["median"], base["ratio"]
+
+
+def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+
+    def ratio_rows(target: str, cases: list[Case], baseline: str, minimum: float,
+                   note: str = "") -> None:
+        for case in cases:
+            base, ratio = _vs(case, baseline)
+            rows.append(_row(target, case, case["median"], base, ratio, f">= {minimum}x",
+                             ratio >= minimum, note))
+        if not cases:
+            rows.append(_row(target, None, None, None, None, f">= {minimum}x", None,
+                             "not measured in this mode"))
+
+    ratio_rows("stop-and-wait, 6144 B, vs bare request/answer loop",
+               _find(doc, kind="copy", window=1, fragment=STOCK), "bare", 0.85)
+    big = _find(doc, kind="copy", window=64, fragment=STOCK, fsync=False, transport="unix",
+                size=1 << 30)
+    note = ""
+    if not big:
+        big = _find(doc, kind="copy", window=64, fragment=STOCK, fsync=False,
+                    transport="unix")
+        note = "64 MiB stands in for 1 GiB in --quick"
+    ratio_rows("window 64, 6144 B, fsync off, 1 GiB, unix, vs raw copy", big, "raw", 0.5, note)
+    ratio_rows("window 8, 1 MiB, fsync off, vs raw copy",
+               _find(doc, kind="copy", window=8, fragment=MiB, fsync=False), "raw", 0.8)
+    ratio_rows("window 64, 6144 B, vs per-fragment pwrite (faster)",
+               _find(doc, kind="copy", window=64, fragment=STOCK), "pwrite", 1.0)
+    rss = _find(doc, kind="rss")
+    rss_note = ""
+    if not rss:
+        rss = [c for c in doc["cases"] if c["kind"] != "files"]
+        rss_note = "no 4 GiB case in --quick: peak of the cases run"
+    for case in rss:
+        peak = case["receiver_peak_rss_mib"]
+        rows.append(_row("receiver peak RSS receiving 4 GiB, any window", case, peak, None,
+                         None, "< 64 MiB", peak < 64, rss_note))
+    for conns in _find(doc, kind="conns", connections=64):
+        single = _find(doc, kind="conns", connections=1, window=conns["window"],
+                       transport=conns["transport"], fragment=conns["fragment"])
+        if single:
+            ratio = conns["median"] / single[0]["median"]
+            rows.append(_row("64 connections, aggregate vs 1 connection, same window", conns,
+                             conns["median"], single[0]["median"], ratio, ">= 0.7x",
+                             ratio >= 0.7))
+    for case in _find(doc, kind="files"):
+        base, ratio = _vs(case, "bare")
+        rows.append(_row("small files (files/s)", case, case["median"], base, ratio,
+                         "report", None, "baseline: bare loop, same files"))
+    return rows
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def targets_markdown(rows: list[dict[str, Any]]) -> str:
+    lines = ["| target | case | measured | baseline | ratio | needs | met |",
+             "|---|---|---:|---:|---:|---|---|"]
+    for r in rows:
+        met = {True: "yes", False: "**no**", None: ""}[r["met"]]
+        note = f" ({r['note']})" if r["note"] else ""
+        lines.append(f"| {r['target']}{note} | {r['case']} | {_fmt(r['measured'])} | "
+                     f"{_fmt(r['baseline'])} | {_fmt(r['ratio'], 2)} | {r['threshold']} | "
+                     f"{met} |")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(case: Case, name: str) -> str:
+    base = case["baselines"].get(name)
+    if base is None:
+        return " | "
+    return f"{base['median']:.1f} | {base['ratio']:.2f}x"
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    m = doc["machine"]
+    out = [f"# gsi benchmark ({doc['mode']})", "",
+           f"`{doc['command']}` on {doc['started']}, {doc['seconds']:.0f} s. "
+           f"{m['cpu']}, {m['cpus']} CPUs, {m['mem_gib']} GiB, {m['platform']}, "
+           f"Python {m['python']}, trio {m['versions']['trio']}, commit "
+           f"{m['git_commit'][:10]}.", "",
+           "MB/s = 10^6 bytes/s (files/s for small files), median of the runs (min-max); "
+           "each baseline ran in the same repetitions, same transport, same bytes; ratio = "
+           "case / baseline. rx = the receiver process (CPU s per GiB received, peak RSS).",
+           "", "## Targets", "", targets_markdown(doc["targets"]), "## All cases", "",
+           "| case | median | min-max | raw copy | ratio | pwrite 6144 | ratio | bare loop | "
+           "ratio | rx CPU s/GiB | host CPU s/GiB | rx peak RSS MiB |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for c in doc["cases"]:
+        out.append(f"| {c['label']} | {c['median']:.1f} {c['unit']} | {c['min']:.1f}-"
+                   f"{c['max']:.1f} | {_cell(c, 'raw')} | {_cell(c, 'pwrite')} | "
+                   f"{_cell(c, 'bare')} | {c['receiver_cpu_s_per_gib']:.2f} | "
+                   f"{c['host_cpu_s_per_gib']:.2f} | {c['receiver_peak_rss_mib']:.1f} |")
+    return "\n".join(out) + "\n"
+
+
+def chart(doc: dict[str, Any], path: Path) -> bool:
+    """Throughput vs window per fragment size (64 MiB, fsync off), baselines drawn."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib missing (pip install -e '.[bench]'): no chart", file=sys.stderr)
+        return False
+    transports = [t for t in ("unix", "tcp")
+                  if _find(doc, kind="copy", transport=t, fsync=False)]
+    if not transports:
+        return False
+    fig, axes = plt.subplots(1, len(transports), figsize=(6.5 * len(transports), 4.8),
+                             squeeze=False, sharey=True)
+    size = min(c["size"] for c in _find(doc, kind="copy", fsync=False))
+    for ax, transport in zip(axes[0], transports, strict=True):
+        def pick(fragment: int, echo: str, transport: str = transport) -> list[Case]:
+            found = _find(doc, kind="copy", transport=transport, fsync=False, size=size,
+                          fragment=fragment, echo=echo)
+            return sorted(found, key=lambda item: int(item["window"]))
+
+        raw: list[float] = []
+        pw: list[float] = []
+        for (fragment, echo), color in zip(
+                [(STOCK, "full"), (STOCK, "trim"), (64 * 1024, "trim"), (MiB, "trim")],
+                ["tab:red", "tab:blue", "tab:green", "tab:purple"], strict=True):
+            cases = pick(fragment=fragment, echo=echo)
+            if not cases:
+                continue
+            label = f"{fragment // 1024} KiB" if fragment >= 1024 * 64 else f"{fragment} B"
+            label += ", full echo (stock)" if echo == "full" else ", trimmed echo"
+            windows = [c["window"] for c in cases]
+            ax.errorbar(windows, [c["median"] for c in cases],
+                        yerr=[[c["median"] - c["min"] for c in cases],
+                              [c["max"] - c["median"] for c in cases]],
+                        marker="o", color=color, label=f"gsi {label}", capsize=3)
+            ax.plot(windows, [c["baselines"]["bare"]["median"] for c in cases],
+                    linestyle="--", marker="x", color=color, alpha=0.6,
+                    label=f"bare loop {label}")
+            raw += [c["baselines"]["raw"]["median"] for c in cases]
+            pw += [c["baselines"]["pwrite"]["median"] for c in cases]
+        if raw:
+            ax.axhline(sorted(raw)[len(raw) // 2], color="black", linestyle="-.",
+                       label="raw copy (median)")
+        if pw:
+            ax.axhline(sorted(pw)[len(pw) // 2], color="gray", linestyle=":",
+                       label="6144 B pwrite, no network (median)")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("window (requests in flight)")
+        ax.set_title(f"{transport}, {size // MiB} MiB file, fsync off")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].set_ylabel("MB/s (median, min-max bars)")
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.suptitle(f"gsi throughput vs window and fragment size ({doc['mode']}, "
+                 f"{doc['started']})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="rewrite the .md and .png of a results JSON")
+    p.add_argument("json", type=Path)
+    args = p.parse_args(argv)
+    doc = json.loads(args.json.read_text())
+    doc["targets"] = targets(doc)
+    args.json.with_suffix(".md").write_text(markdown(doc))
+    chart(doc, args.json.with_suffix(".png"))
+    print(targets_markdown(doc["targets"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

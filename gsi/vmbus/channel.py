@@ -1,0 +1,283 @@
+"""One end of a vmbus channel: its rings, its doorbell, and the signalling rules.
+
+Theory of operation
+-------------------
+A :class:`RingChannel` is one end of a channel (PROTOCOL.md section 7): two rings
+(:class:`~gsi.vmbus.ring.ChannelRings`, ``tx`` is the one this end writes) and a
+:class:`Doorbell` (wait for the peer's interrupt; signal the peer), backed by
+``/dev/uioN`` (:mod:`gsi.vmbus.uio`) or by FIFOs (:mod:`gsi.vmbus.emu`).
+
+Reading drains the RX ring and, by the kernel's rule (``need_signal_after_read``),
+signals a peer that waits for room. Before sleeping, a reader does the ``hv_end_read``
+dance: clear ``interrupt_mask``, full barrier, look again; only an empty ring lets it wait
+for the doorbell, so a packet published in between is never missed. Any number of tasks
+may wait: one waits on the doorbell and wakes the others, who all look again.
+
+Writing puts one packet in the TX ring. When it is full the writer signals the peer for
+what it already wrote, sets ``pending_send_sz`` and waits for the peer's "room now"
+signal. The guest end (``guest=True``) follows ``hv_fcopy_uio_daemon.c``: trans_id
+``VMBUS_RQST_ERROR``, flags 0, a signal after every batch of answers, unconditionally.
+The host end (the emulator) numbers its packets' trans_id from 1 and signals by the
+kernel's rule (``need_signal_after_write``), which is what makes the guest's unmasking
+matter in the emulator.
+
+Memory ordering: the store of ``interrupt_mask`` and the load of ``write_index`` after it
+(and the mirror image on the writer's side) need a full fence; :func:`full_barrier`
+provides one on x86-64. Both ends keep the stores-before-publish order of
+:mod:`gsi.vmbus.ring`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Callable
+from typing import Final, NoReturn, Protocol
+
+import trio
+
+from ..transports.base import TransportError
+from .ring import (
+    MAX_PACKET_SIZE,
+    TRAILER_SIZE,
+    VM_PKT_DATA_INBAND,
+    VMBUS_RQST_ERROR,
+    ChannelRings,
+    Packet,
+    RingError,
+    RingFull,
+    need_signal_after_read,
+    need_signal_after_write,
+    packet_ring_bytes,
+)
+
+log = logging.getLogger("gsi.vmbus")
+
+_BARRIER: Final = threading.Lock()
+
+
+def full_barrier() -> None:
+    """A full memory fence between a store to shared memory and a later load.
+
+    Python has no fence primitive. A lock round trip is one on x86-64: CPython's lock
+    (a glibc semaphore) takes and gives it with ``lock``-prefixed instructions, which
+    order every earlier store before every later load. On weaker architectures this is
+    not guaranteed (see docs/vmbus.md).
+    """
+    _BARRIER.acquire()
+    _BARRIER.release()
+
+
+class Doorbell(Protocol):
+    """The interrupt plumbing of one channel end (``/dev/uioN``, or FIFOs in the emulator)."""
+
+    async def wait(self) -> None:
+        """Return once the peer has signalled since the previous ``wait`` (consuming
+        it); may return spuriously. Raises trio.BrokenResourceError when the channel is
+        gone, trio.ClosedResourceError when closed meanwhile."""
+
+    def ring(self) -> None:
+        """Signal the peer (under UIO also unmasks this end's RX interrupts)."""
+
+    def close(self) -> None:
+        """Release the plumbing; a pending ``wait`` raises trio.ClosedResourceError."""
+
+
+class RingChannel:
+    """One end of a channel: rings, doorbell and the state that outlives a session.
+
+    Args:
+        rings: this end's view (``tx`` is what it writes).
+        doorbell: interrupts in and out.
+        guest: the guest end (daemon rules) rather than the host end (emulator rules).
+        name: for messages and logs (the URL).
+        recheck_interval: look at the RX ring at least this often even without an
+            interrupt (a safety net against a lost interrupt on real hardware).
+        watchdog: called every ``watchdog_interval`` seconds while waiting; raises
+            trio.BrokenResourceError if the peer is gone. It does not end the wait.
+        on_close: releases the mapping, after the rings are released.
+    """
+
+    def __init__(self, rings: ChannelRings, doorbell: Doorbell, *, guest: bool, name: str,
+                 recheck_interval: float | None = None,
+                 watchdog: Callable[[], None] | None = None, watchdog_interval: float = 0.5,
+                 on_close: Callable[[], None] | None = None) -> None:
+        self.rings = rings
+        self.doorbell = doorbell
+        self.guest = guest
+        self.name = name
+        self.broken: str | None = None
+        self.closed = False
+        self.last_negotiate: bytes | None = None
+        """The latest NEGOTIATE a session accepted (guest end): replayed to the next."""
+        self._recheck = recheck_interval
+        self._watchdog = watchdog
+        self._interval = recheck_interval or (watchdog_interval if watchdog else math.inf)
+        self._on_close = on_close
+        self._next_trans_id = 1
+        self._unsignalled = False
+        self._tx_lock = trio.Lock()
+        self._waiting = False
+        self._woken = trio.Event()
+
+    def check_usable(self) -> None:
+        if self.closed:
+            raise trio.ClosedResourceError(f"{self.name}: the channel is closed")
+        if self.broken is not None:
+            raise trio.BrokenResourceError(f"{self.name}: the channel is broken: {self.broken}")
+
+    def _fail(self, why: str) -> NoReturn:
+        if self.broken is None:
+            self.broken = why
+            log.error("%s: %s; the channel is unusable", self.name, why)
+        raise trio.BrokenResourceError(f"{self.name}: {why}")
+
+    # -- interrupts ---------------------------------------------------------------
+
+    async def wait(self) -> None:
+        """Until the peer signals (or spuriously). Any number of tasks may wait: one
+        waits on the doorbell and wakes the others, who then all look again."""
+        if self._waiting:
+            await self._woken.wait()
+            return
+        self._waiting = True
+        try:
+            while True:
+                with trio.move_on_after(self._interval) as scope:
+                    try:
+                        await self.doorbell.wait()
+                    except trio.BrokenResourceError as exc:
+                        self._fail(str(exc))  # rescinded: never wait on it again
+                if not scope.cancelled_caught:
+                    return
+                if self._watchdog is not None:
+                    try:
+                        self._watchdog()
+                    except trio.BrokenResourceError as exc:
+                        self._fail(str(exc))
+                if self._recheck is not None:
+                    return
+        finally:
+            self._waiting = False
+            woken, self._woken = self._woken, trio.Event()
+            woken.set()
+
+    def signal_peer(self) -> None:
+        try:
+            self.doorbell.ring()
+        except (OSError, trio.BrokenResourceError) as exc:
+            self._fail(f"cannot signal the peer: {exc}")
+
+    def flush_signal(self) -> None:
+        """Signal the peer if packets were written since the last signal and need one."""
+        if self._unsignalled:
+            self._unsignalled = False
+            self.signal_peer()
+
+    # -- reading --------------------------------------------------------------------
+
+    def read_packets(self, limit: int | None = None) -> list[Packet]:
+        """Consume every packet in the RX ring (at most ``limit``); signal a writer
+        waiting for room."""
+        rx = self.rings.rx
+        packets: list[Packet] = []
+        try:
+            start = rx.read_index
+            while limit is None or len(packets) < limit:
+                packet = rx.read_packet()
+                if packet is None:
+                    break
+                packets.append(packet)
+            if packets:
+                consumed = (rx.read_index - start) % rx.data_size
+                full_barrier()
+                if need_signal_after_read(
+                        feature_bits=rx.feature_bits, pending_send_sz=rx.pending_send_sz,
+                        write_space=rx.bytes_available_to_write(), bytes_read=consumed):
+                    self.signal_peer()
+        except RingError as exc:
+            self._fail(f"corrupt RX ring: {exc}")
+        return packets
+
+    def ready_to_sleep(self) -> bool:
+        """Unmask RX interrupts, then look again: True if the RX ring is still empty."""
+        rx = self.rings.rx
+        if rx.interrupt_mask != 0:
+            rx.interrupt_mask = 0
+        full_barrier()
+        try:
+            return rx.bytes_available_to_read() == 0
+        except RingError as exc:
+            self._fail(f"corrupt RX ring: {exc}")
+
+    # -- writing ------------------------------------------------------------------
+
+    def try_write(self, payload: bytes, *, trans_id: int | None = None, flags: int = 0,
+                  packet_type: int = VM_PKT_DATA_INBAND) -> bool:
+        """Write one packet now if it fits; False if the ring is full.
+
+        ``trans_id`` None: this end's numbering (VMBUS_RQST_ERROR on the guest end, 1, 2,
+        ... on the host end); the other arguments are for fault injection.
+        """
+        tx = self.rings.tx
+        numbered = trans_id is None and not self.guest
+        if trans_id is None:
+            trans_id = VMBUS_RQST_ERROR if self.guest else self._next_trans_id
+        try:
+            old = tx.write_index
+            tx.write_packet(payload, trans_id=trans_id, flags=flags, type=packet_type)
+        except RingFull:
+            return False
+        except RingError as exc:
+            self._fail(f"corrupt TX ring: {exc}")
+        if numbered:  # 1, 2, ... never 0 or VMBUS_RQST_ERROR
+            self._next_trans_id = trans_id % (VMBUS_RQST_ERROR - 1) + 1
+        if tx.pending_send_sz:
+            tx.pending_send_sz = 0
+        if self.guest:
+            self._unsignalled = True
+        else:
+            full_barrier()
+            if need_signal_after_write(old_write_index=old, read_index=tx.read_index,
+                                       interrupt_mask=tx.interrupt_mask):
+                self._unsignalled = True
+        return True
+
+    async def write(self, payload: bytes, *, trans_id: int | None = None, flags: int = 0,
+                    packet_type: int = VM_PKT_DATA_INBAND) -> None:
+        """Write one packet (see :meth:`try_write`), waiting for room while the ring is
+        full."""
+        async with self._tx_lock:
+            tx = self.rings.tx
+            total = packet_ring_bytes(len(payload))
+            if total - TRAILER_SIZE > MAX_PACKET_SIZE or total >= tx.data_size:
+                raise TransportError(
+                    f"{self.name}: a {len(payload)}-byte message can never fit a ring of "
+                    f"{tx.ring_size:#x} bytes (use a smaller fragment or a larger ring)")
+            while True:
+                self.check_usable()
+                if self.try_write(payload, trans_id=trans_id, flags=flags,
+                                  packet_type=packet_type):
+                    return
+                self.flush_signal()  # the peer must drain what we wrote before
+                tx.pending_send_sz = total
+                full_barrier()
+                try:
+                    if tx.bytes_available_to_write() > total:
+                        continue
+                except RingError as exc:
+                    self._fail(f"corrupt TX ring: {exc}")
+                await self.wait()
+
+    def close(self) -> None:
+        """Release doorbell, rings and mapping; waiting tasks get ClosedResourceError."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.doorbell.close()
+        finally:
+            self.rings.release()
+            if self._on_close is not None:
+                self._on_close()
