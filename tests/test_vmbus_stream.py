@@ -7,6 +7,7 @@ Every expected packet here is assembled by hand from PROTOCOL.md sections 3 and 
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 from collections.abc import AsyncIterator
@@ -163,6 +164,20 @@ async def test_answer_bytes_match_the_linux_daemon(tmp_path: Path) -> None:
             assert host.peek_raw() is None  # one answer each, no completion packets
 
 
+async def test_a_trimmed_write_echo_is_not_padded_with_the_data(tmp_path: Path) -> None:
+    with trio.fail_after(20):
+        async with emulated_guest(tmp_path, trim_write_echo=True) as (url, _, _), \
+                attach_emulated_host(url) as host:
+            await exchange(host, NEGOTIATE)
+            await exchange(host, message(7, start_body("t.bin", "/", 0, 6144), tid=50))
+            write_req = message(7, write_body(0, b"z" * 6144), tid=51)
+            start, raw = await exchange(host, write_req)
+            expected = answered(write_req[:80])  # 8 + 20 + the 52-byte WRITE header
+            struct.pack_into("<I", expected, 4, 72)  # msgsize
+            struct.pack_into("<H", expected, 18, 52)  # icmsgsize
+            assert raw == ring_packet(bytes(expected), start=start)
+
+
 async def test_malformed_packets_get_answers_in_order(tmp_path: Path) -> None:
     with trio.fail_after(20):
         async with emulated_guest(tmp_path) as (url, _, _), attach_emulated_host(url) as host:
@@ -215,6 +230,10 @@ async def test_idle_timeout_keeps_the_channel(tmp_path: Path,
             await client.negotiate()
             while receiver.stats.connections < 2:  # the idle session ended, a new one began
                 await trio.sleep(1)  # virtual time
+            # From here on real time: the copy reads its source in a worker thread, which
+            # autojump would take for idleness.
+            autojump_clock.autojump_threshold = math.inf
+            autojump_clock.rate = 1.0
             result = await client.copy_file(_source(tmp_path, b"x" * 10), "/")
             assert result.size == 10 and (root / "src.bin").read_bytes() == b"x" * 10
 
@@ -339,3 +358,15 @@ async def test_a_corrupt_ring_stops_the_receiver(tmp_path: Path) -> None:
     assert len(failures) == 1 and "the channel is broken" in str(failures[0])
     assert "corrupt RX ring" in str(failures[0])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["root"]
+
+
+async def test_debug_log_shows_every_packet(tmp_path: Path,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    with trio.fail_after(20), caplog.at_level("DEBUG", logger="gsi.vmbus"):
+        async with emulated_guest(tmp_path) as (url, _, _), attach_emulated_host(url) as host:
+            await exchange(host, NEGOTIATE, trans_id=0x42, flags=1)
+    lines = [r.getMessage() for r in caplog.records if "packet" in r.getMessage()]
+    assert any("packet in: type 6, flags 0x1, trans_id 0x42, 56 payload bytes, pipe "
+               "(flags, msgsize) (1, 44), icmsgtype 0, status 0x00000000" in m for m in lines)
+    assert any("packet out: type 6, flags 0x0, trans_id 0xffffffffffffffff, 56 payload "
+               "bytes" in m for m in lines)

@@ -24,7 +24,6 @@ them again (``hv_uio_channel_cb``), and a signal to the host unmasks them
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import mmap
 import os
@@ -112,13 +111,21 @@ def _close_all(fds: Iterable[int]) -> None:
             os.close(fd)
 
 
-def _lock(fd: int, how: int) -> bool:
+def _lock(fd: int, *, exclusive: bool) -> bool:
     """Take an flock without blocking; False if someone else holds a conflicting one."""
+    import fcntl  # here: POSIX only, and gsi.vmbus stays importable elsewhere
+
     try:
-        fcntl.flock(fd, how | fcntl.LOCK_NB)
+        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
     except BlockingIOError:
         return False
     return True
+
+
+def _unlock(fd: int) -> None:
+    import fcntl
+
+    fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 def _remove_stale(path: str, url: str) -> None:
@@ -137,7 +144,7 @@ def _remove_stale(path: str, url: str) -> None:
         raise TransportError(refuse)
     fd = os.open(to_guest, _FIFO_FLAGS)
     try:
-        if not _lock(fd, fcntl.LOCK_EX):
+        if not _lock(fd, exclusive=True):
             raise TransportError(f"cannot listen on {url}: another receiver is listening there")
     finally:
         os.close(fd)
@@ -184,7 +191,7 @@ def create_guest_channel(path: str, ring_size: int = DEFAULT_RING_SIZE) -> RingC
             os.mkfifo(fifo, 0o600)
             made.append(fifo)
             fds.append(os.open(fifo, _FIFO_FLAGS))
-        if not _lock(fds[0], fcntl.LOCK_EX):
+        if not _lock(fds[0], exclusive=True):
             raise TransportError(f"cannot listen on {url}: another receiver is listening there")
         tmp = f"{ring}.{os.getpid()}.tmp"
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -241,10 +248,10 @@ def attach_host_channel(path: str, ring_size: int | None = None) -> RingChannel:
         except FileNotFoundError:
             raise TransportError(f"cannot connect to {url}: no receiver listens there "
                                  "(no emulated channel at that path)") from None
-        if _lock(fds[1], fcntl.LOCK_SH):
+        if _lock(fds[1], exclusive=False):
             raise TransportError(f"cannot connect to {url}: no receiver listens there "
                                  "(its files are left from one that is gone)")
-        if not _lock(fds[2], fcntl.LOCK_EX):
+        if not _lock(fds[2], exclusive=True):
             raise TransportError(f"cannot connect to {url}: another host is attached")
         size = os.fstat(fds[0]).st_size
         actual = size // 2
@@ -265,8 +272,8 @@ def attach_host_channel(path: str, ring_size: int | None = None) -> RingChannel:
     guest_lock_fd = fds[1]
 
     def receiver_alive() -> None:
-        if _lock(guest_lock_fd, fcntl.LOCK_SH):
-            fcntl.flock(guest_lock_fd, fcntl.LOCK_UN)
+        if _lock(guest_lock_fd, exclusive=False):
+            _unlock(guest_lock_fd)
             raise trio.BrokenResourceError("the receiver is gone")
 
     channel = RingChannel(rings, FifoDoorbell(fds[2], fds[1], url), guest=False, name=url,

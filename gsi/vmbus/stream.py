@@ -56,7 +56,7 @@ from ..errors import FramingError
 from ..framing import Framer
 from ..transports.base import TransportError
 from .channel import RingChannel
-from .ring import MAX_PACKET_SIZE, VM_PKT_DATA_INBAND, Packet
+from .ring import MAX_PACKET_SIZE, VM_PKT_DATA_INBAND, VMBUS_RQST_ERROR, Packet
 
 log = logging.getLogger("gsi.vmbus")
 
@@ -85,6 +85,17 @@ def failure_echo(request: bytes) -> bytes | None:
     _U32.pack_into(out, STATUS_OFFSET, Status.E_FAIL)
     out[ICFLAGS_OFFSET] = GUEST_ICFLAGS
     return bytes(out)
+
+
+def _log_packet(name: str, direction: str, packet: Packet) -> None:
+    """Everything a first run on a real host should show: descriptor and headers."""
+    payload = packet.payload
+    pipe = _PIPE.unpack_from(payload) if len(payload) >= PIPE_HDR_SIZE else None
+    msgtype = _U16.unpack_from(payload, _MSGTYPE_OFFSET)[0] if len(payload) >= 14 else None
+    log.debug("%s: packet %s: type %d, flags %#x, trans_id %#x, %d payload bytes, pipe "
+              "(flags, msgsize) %s, icmsgtype %s, status %s", name, direction, packet.type,
+              packet.flags, packet.trans_id, len(payload), pipe, msgtype,
+              None if (status := _status(payload)) is None else f"{status:#010x}")
 
 
 def _status(message: bytes) -> int | None:
@@ -172,8 +183,11 @@ class RingStream(trio.abc.HalfCloseableStream):
 
     def _ingest(self, packets: list[Packet]) -> None:
         guest = self.channel.guest
+        debug = log.isEnabledFor(logging.DEBUG)
         for packet in packets:
             payload = packet.payload
+            if debug:
+                _log_packet(self.channel.name, "in", packet)
             if packet.type != VM_PKT_DATA_INBAND:
                 log.warning("%s: skipped a packet of type %d (%d bytes): not in-band data",
                             self.channel.name, packet.type, len(payload))
@@ -244,6 +258,9 @@ class RingStream(trio.abc.HalfCloseableStream):
             payload = message + item.tail if len(message) == len(item.request) else message
             if _is_negotiate(item.request) and _status(message) == Status.S_OK:
                 self.channel.last_negotiate = item.request  # what a new session replays
+        if log.isEnabledFor(logging.DEBUG):
+            _log_packet(self.channel.name, "out", Packet(
+                type=VM_PKT_DATA_INBAND, flags=0, trans_id=VMBUS_RQST_ERROR, payload=payload))
         await self.channel.write(payload)
         await self._flush_ready()
 
