@@ -22,5 +22,15 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check gsi host_sim tests benchmarks
 	$(VENV)/bin/mypy --strict gsi host_sim
 
+# The benchmark suite (benchmarks/README.md): separate processes over Unix sockets and TCP,
+# same-run baselines, results in benchmarks/results/. The chart needs the bench extra.
+bench: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) -m benchmarks.run
+
+bench-quick: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) -m benchmarks.run --quick
+
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,7 +1,8 @@
 """Turn a run's JSON into the targets, a markdown table and a PNG chart.
 
-``python -m benchmarks.report results/latest-full.json`` rewrites the ``.md`` and ``.png``
-beside it (the chart needs the ``bench`` extra: ``pip install -e '.[bench]'``).
+``python -m benchmarks.report results/latest-full.json [--readme]`` rewrites the ``.md``
+and ``.png`` beside it (the chart needs the ``bench`` extra: ``pip install -e '.[bench]'``)
+and, with ``--readme``, the results section of ``benchmarks/README.md``.
 """
 
 from __future__ import annotations
@@ -60,6 +61,13 @@ def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
                _find(doc, kind="copy", window=8, fragment=MiB, fsync=False), "raw", 0.8)
     ratio_rows("window 64, 6144 B, vs per-fragment pwrite (faster)",
                _find(doc, kind="copy", window=64, fragment=STOCK), "pwrite", 1.0)
+    for case in doc["cases"]:
+        sink = case["baselines"].get("sink")
+        if sink is not None:
+            pw = case["baselines"]["pwrite"]["median"]
+            rows.append(_row("write path alone: gsi FileSink (coalesced) vs per-fragment "
+                             "pwrite, 6144 B, no network", case, sink["median"], pw,
+                             sink["vs_pwrite"], "> 1.0x", sink["vs_pwrite"] > 1.0))
     rss = _find(doc, kind="rss")
     rss_note = ""
     if not rss:
@@ -115,17 +123,29 @@ def markdown(doc: dict[str, Any]) -> str:
            f"Python {m['python']}, trio {m['versions']['trio']}, commit "
            f"{m['git_commit'][:10]}.", "",
            "MB/s = 10^6 bytes/s (files/s for small files), median of the runs (min-max); "
-           "each baseline ran in the same repetitions, same transport, same bytes; ratio = "
-           "case / baseline. rx = the receiver process (CPU s per GiB received, peak RSS).",
+           "each baseline ran in the same repetitions (right before the case), same "
+           "transport, same bytes; ratio = median over the repetitions of case / baseline. "
+           "rx = the receiver process (CPU s per GiB received, peak RSS); host CPU = the "
+           "host driver process over the timed span.",
            "", "## Targets", "", targets_markdown(doc["targets"]), "## All cases", "",
            "| case | median | min-max | raw copy | ratio | pwrite 6144 | ratio | bare loop | "
            "ratio | rx CPU s/GiB | host CPU s/GiB | rx peak RSS MiB |",
            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    sinks: list[str] = []
     for c in doc["cases"]:
         out.append(f"| {c['label']} | {c['median']:.1f} {c['unit']} | {c['min']:.1f}-"
                    f"{c['max']:.1f} | {_cell(c, 'raw')} | {_cell(c, 'pwrite')} | "
                    f"{_cell(c, 'bare')} | {c['receiver_cpu_s_per_gib']:.2f} | "
                    f"{c['host_cpu_s_per_gib']:.2f} | {c['receiver_peak_rss_mib']:.1f} |")
+        if "sink" in c["baselines"]:
+            sink = c["baselines"]["sink"]
+            sinks.append(f"| {c['label']} | {sink['median']:.1f} | "
+                         f"{c['baselines']['pwrite']['median']:.1f} | {sink['vs_pwrite']:.2f}x |")
+    if sinks:
+        out += ["", "Write path alone (no network, 6144-byte writes, same file): gsi's FileSink "
+                "(coalesced) vs one pwrite per fragment, in the same repetitions.", "",
+                "| next to case | FileSink MB/s | pwrite MB/s | ratio |", "|---|---:|---:|---:|",
+                *sinks]
     return "\n".join(out) + "\n"
 
 
@@ -179,6 +199,7 @@ def chart(doc: dict[str, Any], path: Path) -> bool:
             ax.axhline(sorted(pw)[len(pw) // 2], color="gray", linestyle=":",
                        label="6144 B pwrite, no network (median)")
         ax.set_xscale("log", base=2)
+        ax.set_xticks([1, 8, 64], ["1", "8", "64"])
         ax.set_yscale("log")
         ax.set_xlabel("window (requests in flight)")
         ax.set_title(f"{transport}, {size // MiB} MiB file, fsync off")
@@ -193,14 +214,38 @@ def chart(doc: dict[str, Any], path: Path) -> bool:
     return True
 
 
+BEGIN = "<!-- results:begin (written by benchmarks/report.py) -->"
+END = "<!-- results:end -->"
+
+
+def update_readme(doc: dict[str, Any], readme: Path, chart_name: str) -> bool:
+    """Replace the README's results section (between the markers) with this run's."""
+    text = readme.read_text()
+    if BEGIN not in text or END not in text:
+        return False
+    body = markdown(doc).split("\n", 2)[2]  # without the title line
+    body = body.replace("\n## ", "\n### ")
+    section = (f"{BEGIN}\n\n![throughput vs window and fragment size](results/{chart_name})"
+               f"\n\n{body}\n{END}")
+    head, _, rest = text.partition(BEGIN)
+    _, _, tail = rest.partition(END)
+    readme.write_text(head + section + tail)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="rewrite the .md and .png of a results JSON")
     p.add_argument("json", type=Path)
+    p.add_argument("--readme", action="store_true",
+                   help="also put the results into benchmarks/README.md")
     args = p.parse_args(argv)
     doc = json.loads(args.json.read_text())
     doc["targets"] = targets(doc)
     args.json.with_suffix(".md").write_text(markdown(doc))
     chart(doc, args.json.with_suffix(".png"))
+    if args.readme:
+        update_readme(doc, Path(__file__).with_name("README.md"),
+                      args.json.with_suffix(".png").name)
     print(targets_markdown(doc["targets"]))
     return 0
 

@@ -265,26 +265,26 @@ class FaultyHost:
             if name is None:
                 raise ValueError("a bytes source needs a name")
             data: bytes | None = source
-            size, fd = len(source), None
+            fd: int | None = None
         else:
             name = name if name is not None else os.path.basename(os.fspath(source))
             data, fd = None, os.open(source, os.O_RDONLY | os.O_CLOEXEC)
-            size = os.fstat(fd).st_size
-        flags = (CopyFlags.CREATE_PATH if create_full_path else CopyFlags.NONE) | (
-            CopyFlags.OVER_WRITE if force else CopyFlags.NONE)
-        start_msg = codec.build_start_body(
-            file_name_field=encode_name(name), path_name_field=encode_name(dest_dir),
-            copy_flags=flags, file_size=size)
-
-        def read(offset: int, length: int) -> bytes:
-            if data is not None:
-                return data[offset:offset + length]
-            assert fd is not None
-            return os.pread(fd, length, offset)
-
-        started = time.perf_counter()
-        run = _Run(faults, keep_going=any(isinstance(f, KeepGoing) for f in faults))
         try:
+            size = len(data) if data is not None else os.fstat(fd or 0).st_size
+            flags = (CopyFlags.CREATE_PATH if create_full_path else CopyFlags.NONE) | (
+                CopyFlags.OVER_WRITE if force else CopyFlags.NONE)
+            start_msg = codec.build_start_body(
+                file_name_field=encode_name(name), path_name_field=encode_name(dest_dir),
+                copy_flags=flags, file_size=size)
+
+            def read(offset: int, length: int) -> bytes:
+                if data is not None:
+                    return data[offset:offset + length]
+                assert fd is not None
+                return os.pread(fd, length, offset)
+
+            started = time.perf_counter()
+            run = _Run(faults, keep_going=any(isinstance(f, KeepGoing) for f in faults))
             if self._chan is None or self._chan.dead:
                 self._chan = _Channel(await connect(self.url))
             chan = self._chan
@@ -380,7 +380,8 @@ class FaultyHost:
                 assert isinstance(fault, Truncate)
                 keep = len(message) // 2 if fault.keep is None else fault.keep
                 run.apply(fault)
-                await self._send(chan, message[:min(keep, len(message) - 1)], run, None)
+                with contextlib.suppress(_Ended):
+                    await self._send(chan, message[:min(keep, len(message) - 1)], run, None)
                 await self._end_and_drain(chan, run)
                 raise _Ended("host-closed")
             sent = _Sent(step.point, step.point.kind, message[24] if len(message) > 24 else -1,
@@ -394,7 +395,12 @@ class FaultyHost:
         for fault in run.at(point, *BEFORE_KINDS):
             run.apply(fault)
             if isinstance(fault, Stall):
-                await trio.sleep(fault.seconds)
+                with trio.move_on_after(fault.seconds):
+                    while not chan.guest_closed:  # a guest that closes ends the stall
+                        await chan.changed.wait()
+                if chan.guest_closed:
+                    await chan.close()
+                    raise _Ended("guest-closed")
             elif isinstance(fault, NoRead):
                 run.reading = False
                 run.read_scope.cancel()
@@ -413,7 +419,9 @@ class FaultyHost:
             elif isinstance(fault, Garbage):
                 junk = random.Random(fault.seed).randbytes(fault.nbytes)
                 # Random bytes are taken never to form a valid COMPLETE (odds ~2**-60).
-                await self._send(chan, junk, run, _Sent(point, "raw", -1, could_commit=False))
+                with contextlib.suppress(_Ended):  # the guest may close while they go out
+                    await self._send(chan, junk, run,
+                                     _Sent(point, "raw", -1, could_commit=False))
                 await self._end_and_drain(chan, run)
                 raise _Ended("host-closed")
             elif isinstance(fault, Disconnect):
@@ -482,6 +490,8 @@ class FaultyHost:
 
     async def _end_and_drain(self, chan: _Channel, run: _Run) -> None:
         """End the stream, then wait until the guest has closed it."""
+        if chan.dead:
+            return
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             await chan.stream.send_eof()
         if not run.reading:
