@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import posixpath
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -11,7 +12,12 @@ from pathlib import Path
 
 import trio
 
-from gsi.constants import DATA_FRAGMENT
+from gsi.constants import (
+    DATA_FRAGMENT,
+    HOST_FCOPY_VERSIONS,
+    HOST_FRAMEWORK_VERSIONS,
+    Version,
+)
 from gsi.errors import CopyFailed, GsiError
 from gsi.transports import TransportError, parse_url
 
@@ -53,6 +59,19 @@ def _fragment(text: str) -> int:
     return value
 
 
+def _versions(text: str) -> tuple[Version, ...]:
+    """``1.0,3.0`` -> ((1, 0), (3, 0))."""
+    versions = []
+    for item in text.split(","):
+        major, dot, minor = item.strip().partition(".")
+        if not (dot and major.isdigit() and minor.isdigit()) or max(
+                int(major), int(minor)) > 0xFFFF:
+            raise argparse.ArgumentTypeError(
+                f"{item!r} is not a version MAJOR.MINOR (e.g. 1.0,3.0)")
+        versions.append((int(major), int(minor)))
+    return tuple(versions)
+
+
 def _fault(text: str) -> Fault:
     try:
         return parse_fault(text)
@@ -61,6 +80,12 @@ def _fault(text: str) -> Fault:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The whole ``host-sim`` parser."""
+    return _build_parsers()[0]
+
+
+def _build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """The ``host-sim`` parser and its ``copy`` subparser."""
     p = argparse.ArgumentParser(prog="host-sim",
                                 description="Hyper-V host simulator for the guest "
                                             "file-copy protocol.")
@@ -96,7 +121,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "copy, exit status 1 if a copy was not committed")
     c.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: on when stdout is a terminal)")
-    return p
+    c.add_argument("--destination-is-file", action="store_true",
+                   help="DEST is the guest file's full path (path_name = its directory, "
+                        "file_name = its last component), as Windows guests read "
+                        "-DestinationPath; one SOURCE only. How the real host splits "
+                        "-DestinationPath is unconfirmed: this picks the other reading")
+    c.add_argument("--framework-versions", type=_versions, default=HOST_FRAMEWORK_VERSIONS,
+                   metavar="LIST", help="framework versions offered in NEGOTIATE "
+                   "(default 1.0,3.0; what a Windows host offers is unconfirmed)")
+    c.add_argument("--message-versions", type=_versions, default=HOST_FCOPY_VERSIONS,
+                   metavar="LIST", help="fcopy message versions offered (default 1.1)")
+    return p, c
 
 
 @contextmanager
@@ -129,6 +164,7 @@ async def copy_all(args: argparse.Namespace, sources: list[Path], dest: str,
     async with open_host(args.to, fragment_size=args.fragment_size,
                          full_write_body=not args.trimmed_writes,
                          native=TRANSPORT_MODES[args.transport_mode]) as host:
+        await host.negotiate(args.framework_versions, args.message_versions)
         for source in sources:
             results.append(await _copy_one(host, args, source, dest, progress))
             print(results[-1], flush=True)
@@ -147,15 +183,27 @@ async def _copy_one(host: HostClient, args: argparse.Namespace, source: Path, de
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    parser, copy_parser = _build_parsers()
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["copy"]:
+        # Options may follow the file list: `copy a b --force /dest/`.
+        args = copy_parser.parse_intermixed_args(argv[1:], argparse.Namespace(command="copy"))
+    else:
+        args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     if len(args.paths) < 2:
-        parser.error("copy needs at least one SOURCE and a DEST_DIR")
+        copy_parser.error("copy needs at least one SOURCE and a DEST_DIR")
     *source_names, dest = args.paths
     sources = [Path(s) for s in source_names]
     if args.name is not None and len(sources) > 1:
-        parser.error("--name works with one SOURCE only")
+        copy_parser.error("--name works with one SOURCE only")
+    if args.destination_is_file:
+        if len(sources) > 1 or args.name is not None:
+            copy_parser.error("--destination-is-file takes one SOURCE and no --name")
+        dest, args.name = posixpath.split(dest)
+        if not args.name:
+            copy_parser.error("--destination-is-file needs DEST to end in a file name")
+        dest = dest or "."
     for source in sources:
         if not source.is_file():
             print(f"host-sim: {source} is not a readable file", file=sys.stderr)
