@@ -38,7 +38,8 @@ import trio
 from gsi.errors import CopyFailed
 from gsi.sink import TEMP_NAME_RE
 from host_sim import copy_vm_file
-from host_sim.faults import FaultPlan, FaultyHost
+from host_sim.fault_plan import FaultPlan
+from host_sim.faults import FaultyHost
 
 FRAGMENT = 6144
 IDLE_TIMEOUT = 1.0

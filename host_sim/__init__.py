@@ -7,7 +7,8 @@
 """
 
 from .client import CopyResult, HostClient, copy_vm_file, explain_status, open_host
-from .faults import FaultPlan, FaultReport, FaultyHost, faulty_copy, parse_fault
+from .fault_plan import FaultPlan, FaultReport, parse_fault
+from .faults import FaultyHost, faulty_copy
 from .protocol import MAX_WINDOW, Answer, HostConnection
 
 __all__ = [

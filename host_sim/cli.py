@@ -22,8 +22,8 @@ from gsi.errors import CopyFailed, GsiError
 from gsi.transports import TransportError, parse_url
 
 from .client import CopyResult, HostClient, Progress, open_host
+from .fault_cli import run_cli as run_faulty
 from .fault_plan import Fault, FaultSpecError, parse_fault
-from .faults import run_cli as run_faulty
 from .protocol import MAX_WINDOW
 
 TRANSPORT_MODES: dict[str, bool | None] = {"auto": None, "native": True, "threaded": False}

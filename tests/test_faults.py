@@ -22,20 +22,19 @@ from gsi.constants import Status
 from gsi.testing import Guest, open_guest
 from gsi.transports import connect
 from host_sim import Answer, HostConnection, copy_vm_file
-from host_sim.faults import (
+from host_sim.fault_plan import (
     FIELDS,
     Corrupt,
     Disconnect,
     FaultPlan,
     FaultReport,
     FaultSpecError,
-    FaultyHost,
     Idle,
     Point,
     Stall,
-    faulty_copy,
     parse_fault,
 )
+from host_sim.faults import FaultyHost, faulty_copy
 
 IDLE = 0.5
 """The receivers' idle timeout in these tests, seconds."""

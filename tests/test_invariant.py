@@ -32,7 +32,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gsi.testing import open_guest
-from host_sim.faults import (
+from host_sim.fault_plan import (
     FIELDS,
     Abandon,
     Cancel,
@@ -41,7 +41,6 @@ from host_sim.faults import (
     Disconnect,
     Duplicate,
     Fault,
-    FaultyHost,
     Garbage,
     Idle,
     KeepGoing,
@@ -53,6 +52,7 @@ from host_sim.faults import (
     Truncate,
     parse_fault,
 )
+from host_sim.faults import FaultyHost
 
 IDLE = 0.3
 """The receiver's idle timeout: some stalls and idle connections go beyond it."""
