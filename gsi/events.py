@@ -9,6 +9,7 @@ fields on construction.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
@@ -111,9 +112,30 @@ class WriteData(Request):
         if self.offset < 0:
             raise ValueError(f"offset must not be negative, not {self.offset}")
 
+    @classmethod
+    def _trusted(cls, transaction_id: int, request: bytes, offset: int,
+                 data: memoryview) -> WriteData:
+        """For the protocol core, which has validated every field already (once per
+        fragment, so the second check in ``__post_init__`` is worth skipping)."""
+        event = _new(cls)
+        _set_tid(event, transaction_id)
+        _set_request(event, request)
+        _set_offset(event, offset)
+        _set_data(event, data)
+        return event
+
     @property
     def size(self) -> int:
         return self.data.nbytes
+
+
+# The slot descriptors set the fields of a frozen instance directly (what the generated
+# __init__ does through object.__setattr__, minus the lookup).
+_new = object.__new__
+_set_tid: Callable[[object, int], None] = vars(Request)["transaction_id"].__set__
+_set_request: Callable[[object, bytes], None] = vars(Request)["request"].__set__
+_set_offset: Callable[[object, int], None] = vars(WriteData)["offset"].__set__
+_set_data: Callable[[object, memoryview], None] = vars(WriteData)["data"].__set__
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
+from typing import Final
 
 from . import codec
 from .constants import (
@@ -80,6 +81,15 @@ class GuestState(enum.Enum):
     COPYING = "copying"
     CLOSED = "closed"
     ERROR = "error"
+
+
+# Enum members the per-fragment path reads, bound once: reading a member off its class
+# costs about 90 ns in CPython 3.11, a module global about 15.
+_COPYING: Final = GuestState.COPYING
+_CLOSED: Final = GuestState.CLOSED
+_FCOPY: Final = IcMsgType.FCOPY
+_WRITE_TO_FILE: Final = Operation.WRITE_TO_FILE
+_S_OK: Final = Status.S_OK
 
 
 class GuestConnection:
@@ -156,7 +166,7 @@ class GuestConnection:
             raise LocalProtocolError("answer the previous request before the next event")
         if self._queue:
             return self._take(self._queue.popleft())
-        if self.state is GuestState.CLOSED:
+        if self.state is _CLOSED:
             return ConnectionClosed()
         try:
             payload = self._framer.next_message()
@@ -176,7 +186,7 @@ class GuestConnection:
         return self._take(self._queue.popleft())
 
     def _take(self, event: Event) -> Event:
-        if not isinstance(event, CopyAborted | ConnectionClosed):
+        if not isinstance(event, (CopyAborted, ConnectionClosed)):
             self._awaiting = event
         return event
 
@@ -190,9 +200,17 @@ class GuestConnection:
             status: the HRESULT for START, WRITE, COMPLETE and CANCEL; must be
                 omitted (or equal) for Negotiate and Rejected, which carry their own.
         """
+        out = bytearray()
+        self.answer_into(out, event, status)
+        return bytes(out)
+
+    def answer_into(self, out: bytearray, event: RequestEvent, status: int | None = None,
+                    ) -> None:
+        """:meth:`answer`, appended to ``out`` (the request is copied once, straight into
+        it: how a server batches the answers to one received chunk into one send)."""
         if event is not self._awaiting:
             raise LocalProtocolError("answers must follow the events, one for one, in order")
-        if isinstance(event, Negotiate | Rejected):
+        if isinstance(event, (Negotiate, Rejected)):
             if status is not None and status != event.status:
                 raise LocalProtocolError(f"{type(event).__name__} carries its own status")
             status = event.status
@@ -205,19 +223,24 @@ class GuestConnection:
         if self.linux_status_codes and status not in LINUX_STATUSES:
             status = Status.E_FAIL
         if isinstance(event, Negotiate):
-            return self._negotiate_answer(event)
+            out += self._negotiate_answer(event)
+            return
+        start = len(out)
         if self.trim_write_echo and isinstance(event, WriteData):
-            out = bytearray(event.request[:_WRITE_DATA])
-            codec.U32.pack_into(out, codec.MSGSIZE_OFFSET, ICMSG_HDR_SIZE + WRITE_HEADER_SIZE)
-            codec.U16.pack_into(out, codec.ICMSGSIZE_OFFSET, WRITE_HEADER_SIZE)
+            out += event.request[:_WRITE_DATA]
+            codec.U32.pack_into(out, start + codec.MSGSIZE_OFFSET,
+                                ICMSG_HDR_SIZE + WRITE_HEADER_SIZE)
+            codec.U16.pack_into(out, start + codec.ICMSGSIZE_OFFSET, WRITE_HEADER_SIZE)
         else:
-            out = bytearray(event.request)
-        codec.U32.pack_into(out, STATUS_OFFSET, status)
-        out[ICFLAGS_OFFSET] = GUEST_ICFLAGS
-        return bytes(out)
+            out += event.request
+        codec.U32.pack_into(out, start + STATUS_OFFSET, status)
+        out[start + ICFLAGS_OFFSET] = GUEST_ICFLAGS
 
     def _transition(self, event: RequestEvent, status: int) -> None:
-        if isinstance(event, Negotiate):
+        if isinstance(event, WriteData):  # first: one per fragment
+            if status != _S_OK:
+                self.state = GuestState.IDLE
+        elif isinstance(event, Negotiate):
             if status == Status.S_OK and self.state is GuestState.NEGOTIATING:
                 self._negotiated = True
                 self.state = GuestState.IDLE
@@ -226,9 +249,6 @@ class GuestConnection:
                 self.state = GuestState.COPYING
                 self._file_size = event.file_size
                 self._ranges = ReceivedRanges(self.max_ranges)
-        elif isinstance(event, WriteData):
-            if status != Status.S_OK:
-                self.state = GuestState.IDLE
         elif isinstance(event, CompleteCopy | CancelCopy):
             self.state = GuestState.IDLE
 
@@ -253,7 +273,7 @@ class GuestConnection:
 
     def _dispatch(self, payload: bytes) -> None:
         msgtype, tid = codec.peek(payload)
-        if msgtype == IcMsgType.FCOPY:
+        if msgtype == _FCOPY:
             self._fcopy(payload, tid)
         elif msgtype == IcMsgType.NEGOTIATE:
             self._queue.append(self._negotiate(payload, tid))
@@ -310,7 +330,7 @@ class GuestConnection:
                          ends_copy=True)
             return
         op = codec.operation_of(payload)
-        if op == Operation.WRITE_TO_FILE:
+        if op == _WRITE_TO_FILE:
             self._write(payload, tid)
         elif len(payload) < ICMSG_HDR_END + FCOPY_HDR_SIZE:
             self._reject(payload, tid, Status.INVALIDARG,
@@ -328,8 +348,8 @@ class GuestConnection:
                          operation=op)
 
     def _write(self, payload: bytes, tid: int) -> None:
-        op = Operation.WRITE_TO_FILE
-        if not self.copy_open:
+        op = _WRITE_TO_FILE
+        if self.state is not _COPYING:
             self._reject(payload, tid, Status.E_FAIL, "WRITE with no open copy", operation=op)
             return
         if len(payload) < _WRITE_DATA:
@@ -354,8 +374,8 @@ class GuestConnection:
                 self._reject(payload, tid, Status.INVALIDARG, f"WRITE: {exc}", operation=op,
                              ends_copy=True)
                 return
-            self._queue.append(WriteData(transaction_id=tid, request=payload, offset=offset,
-                                         data=memoryview(payload)[_WRITE_DATA:_WRITE_DATA + size]))
+            self._queue.append(WriteData._trusted(
+                tid, payload, offset, memoryview(payload)[_WRITE_DATA:_WRITE_DATA + size]))
             return
         self._reject(payload, tid, Status.INVALIDARG, reason, operation=op, ends_copy=True)
 

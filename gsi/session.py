@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Final
 
 import trio
 
@@ -34,6 +35,9 @@ from .protocol import GuestConnection
 from .sink import FileSink, OpenCopy
 
 log = logging.getLogger("gsi.receiver")
+
+_S_OK: Final = Status.S_OK
+"""Bound once: the per-fragment path reads it (an Enum class attribute costs ~90 ns)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -180,22 +184,22 @@ class Session:
             if event is NEED_DATA:
                 return out, False
             if isinstance(event, WriteData):
-                out += conn.answer(event, self._write(event))
+                conn.answer_into(out, event, self._write(event))
             elif isinstance(event, StartCopy):
-                out += conn.answer(event, await self._start(event))
+                conn.answer_into(out, event, await self._start(event))
             elif isinstance(event, CompleteCopy):
-                out += conn.answer(event, await self._complete())
+                conn.answer_into(out, event, await self._complete())
             elif isinstance(event, CancelCopy):
                 self._drop_copy("cancelled", Status.S_OK, "the host cancelled")
-                out += conn.answer(event, Status.S_OK)
+                conn.answer_into(out, event, Status.S_OK)
             elif isinstance(event, Negotiate):
                 if event.status != Status.S_OK:
                     log.warning("%s: negotiation failed: %s", self.peer, event.reason)
-                out += conn.answer(event)
+                conn.answer_into(out, event)
             elif isinstance(event, Rejected):
                 log.warning("%s: refused request: %s: %s", self.peer,
                             describe_status(event.status), event.reason)
-                out += conn.answer(event)
+                conn.answer_into(out, event)
             elif isinstance(event, CopyAborted):
                 self._drop_copy("aborted", event.status, event.reason)
             elif isinstance(event, ConnectionClosed):
@@ -235,7 +239,7 @@ class Session:
         except SinkError as exc:
             self._drop_copy("failed", exc.status, exc.reason)
             return exc.status
-        return Status.S_OK
+        return _S_OK
 
     async def _complete(self) -> int:
         copy = self.copy

@@ -165,7 +165,9 @@ class OpenCopy:
                 names the errno) or if the copy is no longer open, INVALIDARG for a range
                 outside ``[0, file_size)``. The copy is aborted (temp removed) first.
         """
-        fd = self._require_open("write to")
+        fd = self._fd
+        if fd is None:
+            fd = self._require_open("write to")  # raises
         view = memoryview(data).cast("B")
         size = len(view)
         if offset < 0 or offset + size > self.file_size:
@@ -175,22 +177,24 @@ class OpenCopy:
                 f"write of {size} bytes at offset {offset} is outside the {self.file_size}"
                 f" bytes of {self.target}",
             )
+        fill = self._fill
+        capacity = self._capacity
         try:
-            if self._fill and (
-                offset != self._buf_start + self._fill or self._fill + size > self._capacity
-            ):
+            if fill and (offset != self._buf_start + fill or fill + size > capacity):
                 self._flush(fd)
+                fill = 0
             if not size:
                 pass
-            elif size >= self._capacity:
+            elif size >= capacity:
                 self._pwrite_all(fd, view, offset)
                 self.flushes += 1
             else:
-                if not self._fill:
+                if not fill:
                     self._buf_start = offset
-                self._buf[self._fill : self._fill + size] = view
-                self._fill += size
-                if self._fill >= self._capacity:
+                end = fill + size
+                self._buf[fill:end] = view
+                self._fill = end
+                if end >= capacity:
                     self._flush(fd)
         except OSError as exc:
             self.abort()

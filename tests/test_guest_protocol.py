@@ -651,6 +651,31 @@ def test_framing_limit_follows_max_fragment() -> None:
         stock.next_event()
 
 
+@pytest.mark.parametrize("trim", [False, True])
+@pytest.mark.parametrize("status", [0, E_FAIL])
+def test_answer_into_appends_what_answer_returns(trim: bool, status: int) -> None:
+    request = write_request(offset=0, data=b"abc", full=True)
+    answers = []
+    for into in (False, True):
+        guest = copying(3, trim_write_echo=trim)
+        guest.receive_data(request)
+        event = guest.next_event()
+        assert isinstance(event, WriteData)
+        # the core's event is the one the public, validating constructor builds
+        assert event == WriteData(transaction_id=event.transaction_id, request=request,
+                                  offset=0, data=event.data)
+        if into:
+            out = bytearray(b"batched")
+            guest.answer_into(out, event, status)
+            assert out.startswith(b"batched")
+            answers.append(bytes(out[7:]))
+        else:
+            answers.append(guest.answer(event, status))
+        assert guest.state is (GuestState.COPYING if status == 0 else GuestState.IDLE)
+    assert answers[0] == answers[1]
+    check_answer(answers[0], request, status=status, trimmed_write=trim)
+
+
 # -- answer misuse -----------------------------------------------------------------
 
 
