@@ -18,7 +18,7 @@ from typing import Final
 
 import trio
 
-from .constants import Status, describe_status
+from .constants import Operation, Status, describe_status
 from .errors import FramingError, SinkError
 from .events import (
     NEED_DATA,
@@ -197,8 +197,14 @@ class Session:
                     log.warning("%s: negotiation failed: %s", self.peer, event.reason)
                 conn.answer_into(out, event)
             elif isinstance(event, Rejected):
-                log.warning("%s: refused request: %s: %s", self.peer,
-                            describe_status(event.status), event.reason)
+                if event.operation == Operation.START_FILE_COPY:
+                    # A copy that ends before it began: logged once, as every copy is.
+                    self._started = time.perf_counter()
+                    self._record("(refused START)", 0, 0, "failed", event.status,
+                                 event.reason)
+                else:
+                    log.warning("%s: refused request: %s: %s", self.peer,
+                                describe_status(event.status), event.reason)
                 conn.answer_into(out, event)
             elif isinstance(event, CopyAborted):
                 self._drop_copy("aborted", event.status, event.reason)

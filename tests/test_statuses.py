@@ -146,8 +146,9 @@ def test_file_size_above_max_file_size(receiver: ReceiverProcess, tmp_path: Path
     result = run_host_sim(receiver.url, "--create-full-path", src, "/toobig/")
     _assert_refused(result, "START", "0x80070057: invalid argument (the guest refused a field "
                                      "(name, size or fragment); see its log)")
-    _log_line(receiver, "refused request: 0x80070057: invalid argument: START: file_size "
-                        f"{MAX_FILE_SIZE + 1} exceeds the maximum {MAX_FILE_SIZE}")
+    _log_line(receiver, "copy failed: (refused START)",
+              "0x80070057: invalid argument: START: file_size "
+              f"{MAX_FILE_SIZE + 1} exceeds the maximum {MAX_FILE_SIZE}")
     assert not (receiver.root / "toobig").exists()
     # exactly at the maximum is fine
     ok = _source(tmp_path, "justfits.bin", MAX_FILE_SIZE, seed=3)
@@ -162,8 +163,9 @@ def test_file_name_with_slash(receiver: ReceiverProcess, tmp_path: Path) -> None
                           "/slash/")
     _assert_refused(result, "START", "0x80070057: invalid argument (the guest refused a field "
                                      "(name, size or fragment); see its log)")
-    _log_line(receiver, "refused request: 0x80070057: invalid argument: START: file_name "
-                        "'sub/evil.bin' is empty or contains '/'")
+    _log_line(receiver, "copy failed: (refused START)",
+              "0x80070057: invalid argument: START: file_name "
+              "'sub/evil.bin' is empty or contains '/'")
     assert not (receiver.root / "slash").exists()
 
 
@@ -261,8 +263,8 @@ async def test_invalid_name(receiver: ReceiverProcess, which: str, field: bytes,
                                   create=True)
             assert ok.ok
             assert (await host.request(host.conn.complete())).ok
-    await receiver.await_log(f"refused request: 0x80070057: invalid argument: START: "
-                             f"{re.escape(reason)}")
+    await receiver.await_log(r"copy failed: \(refused START\).*0x80070057: invalid "
+                             f"argument: START: {re.escape(reason)}")
     assert not (receiver.root / "names" / "ok.bin").exists()
 
 
