@@ -6,7 +6,9 @@ the buffer with large ``os.write`` calls into ``OUTDIR/raw-<n>`` (fsync at the e
 ``--fsync``), then answers one byte so that the sender can stop its clock. ``send``
 connects, writes the file's bytes (1 MiB reads, ``sendall``), shuts down its side and
 prints ``{"bytes": N, "seconds": S}``: the time from connect to that one-byte answer, the
-same span the host simulator times (START to the answer to COMPLETE).
+same span the host simulator times (START to the answer to COMPLETE). ``--buffer-size N``
+asks for N-byte SO_SNDBUF/SO_RCVBUF on every stream socket, as gsi.transports does (the
+benchmark passes its DEFAULT_SOCKET_BUFFER; 0 leaves the OS default).
 
     python benchmarks/baseline_raw_copy.py recv --listen unix:///tmp/r.sock --outdir /tmp/out
     python benchmarks/baseline_raw_copy.py send --to unix:///tmp/r.sock FILE
@@ -17,6 +19,7 @@ Standard library only, blocking sockets, no threads: deliberately the plainest p
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -24,6 +27,22 @@ import sys
 import time
 
 CHUNK = 1 << 20
+
+
+def _tune(sock: socket.socket, size: int) -> None:
+    """The same best-effort SO_SNDBUF/SO_RCVBUF as gsi.transports.tune_socket (skipped
+    where net.core.wmem_max / rmem_max would cap the request)."""
+    if not size:
+        return
+    for option, cap in ((socket.SO_SNDBUF, "wmem_max"), (socket.SO_RCVBUF, "rmem_max")):
+        try:
+            with open(f"/proc/sys/net/core/{cap}", encoding="ascii") as f:
+                if int(f.read()) < size:
+                    continue
+        except (OSError, ValueError):
+            pass
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, option, size)
 
 
 def _address(url: str) -> tuple[socket.AddressFamily, str | tuple[str, int]]:
@@ -35,11 +54,12 @@ def _address(url: str) -> tuple[socket.AddressFamily, str | tuple[str, int]]:
     raise SystemExit(f"unsupported URL {url!r} (unix:// or tcp://)")
 
 
-def serve(url: str, outdir: str, fsync: bool) -> None:
+def serve(url: str, outdir: str, fsync: bool, buffer_size: int) -> None:
     family, address = _address(url)
     listener = socket.socket(family, socket.SOCK_STREAM)
     if family == socket.AF_INET:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    _tune(listener, buffer_size)  # TCP: inherited by accepted sockets, as in gsi
     listener.bind(address)
     listener.listen(8)
     bound = listener.getsockname()
@@ -52,6 +72,7 @@ def serve(url: str, outdir: str, fsync: bool) -> None:
         conn, _ = listener.accept()
         number += 1
         with conn:
+            _tune(conn, buffer_size)
             if family == socket.AF_INET:
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             fd = os.open(os.path.join(outdir, f"raw-{number}"),
@@ -75,12 +96,13 @@ def serve(url: str, outdir: str, fsync: bool) -> None:
             conn.sendall(b"k")
 
 
-def send(url: str, source: str) -> None:
+def send(url: str, source: str, buffer_size: int) -> None:
     family, address = _address(url)
     with open(source, "rb", buffering=0) as f:
         sock = socket.socket(family, socket.SOCK_STREAM)
         if family == socket.AF_INET:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        _tune(sock, buffer_size)
         started = time.perf_counter()
         sock.connect(address)
         total = 0
@@ -102,15 +124,17 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--listen", required=True)
     r.add_argument("--outdir", required=True)
     r.add_argument("--fsync", action="store_true")
+    r.add_argument("--buffer-size", type=int, default=0, metavar="BYTES")
     s = sub.add_parser("send")
     s.add_argument("--to", required=True)
     s.add_argument("source")
+    s.add_argument("--buffer-size", type=int, default=0, metavar="BYTES")
     args = p.parse_args(argv)
     try:
         if args.role == "recv":
-            serve(args.listen, args.outdir, args.fsync)
+            serve(args.listen, args.outdir, args.fsync, args.buffer_size)
         else:
-            send(args.to, args.source)
+            send(args.to, args.source, args.buffer_size)
     except KeyboardInterrupt:
         return 130
     return 0

@@ -29,12 +29,17 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from gsi.transports import DEFAULT_SOCKET_BUFFER
+
 from . import matrix, procs, report
 from .matrix import STOCK, Case
 from .procs import PYTHON, REPO, Server, run_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 HERE = Path(__file__).resolve().parent
+RAW_BUFFER = DEFAULT_SOCKET_BUFFER or 0
+"""The raw copy asks for the same socket buffers as gsi.transports unix:// streams (0: OS
+default); tcp:// streams keep the kernel's autotuning on both sides."""
 
 
 def _digest(path: Path) -> str:
@@ -103,6 +108,10 @@ def _stats(values: list[float]) -> dict[str, Any]:
             "max": max(values)}
 
 
+def _raw_buffer(case: Case) -> int:
+    return RAW_BUFFER if case.transport == "unix" else 0
+
+
 def _url(case: Case, ws: Workspace, role: str, index: int) -> str:
     if case.transport == "unix":
         return f"unix://{ws.dir}/{index}-{role}.sock"
@@ -129,7 +138,8 @@ def run_case(case: Case, index: int, ws: Workspace) -> dict[str, Any]:
         if "raw" in case.baselines:
             servers["raw"] = Server("raw copy receiver", [
                 PYTHON, str(HERE / "baseline_raw_copy.py"), "recv",
-                "--listen", _url(case, ws, "raw", index), "--outdir", str(rawdir)]
+                "--listen", _url(case, ws, "raw", index), "--outdir", str(rawdir),
+                "--buffer-size", str(_raw_buffer(case))]
                 + (["--fsync"] if case.fsync else []), ws.log(f"{tag}-raw"))
         if "bare" in case.baselines:
             servers["bare"] = Server("bare loop", [
@@ -189,7 +199,8 @@ def _measure(case: Case, ws: Workspace, servers: dict[str, Server], root: Path,
             raw_count += 1
             received = rawdir / f"raw-{raw_count}"
             timed("raw", [PYTHON, str(HERE / "baseline_raw_copy.py"), "send", "--to",
-                          servers["raw"].url, str(total_src)],
+                          servers["raw"].url, str(total_src),
+                          "--buffer-size", str(_raw_buffer(case))],
                   partial(ws.check, received, total_src))
         if "pwrite" in case.baselines:
             assert per_conn is not None

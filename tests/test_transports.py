@@ -395,3 +395,38 @@ async def test_accepted_streams_half_close_alike(unix_url: Callable[[], str]) ->
                     await server.aclose()
                     assert await client.receive_some(10) == b"ans"
                     assert await client.receive_some(10) == b""
+
+
+def _core_cap(name: str) -> int:
+    with open(f"/proc/sys/net/core/{name}", encoding="ascii") as f:
+        return int(f.read())
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/sys/net/core/wmem_max"), reason="Linux only")
+@pytest.mark.parametrize("family", ["tcp", "unix"])
+async def test_socket_buffer_size_on_both_ends(family: str, tmp_path: Path) -> None:
+    url = "tcp://127.0.0.1:0" if family == "tcp" else f"unix://{tmp_path}/b.sock"
+    size = min(1 << 20, _core_cap("wmem_max"), _core_cap("rmem_max"))
+    for buffer_size in (size, None):
+        listeners = await open_listeners(url, buffer_size=buffer_size)
+        try:
+            with trio.fail_after(5):
+                client = await connect(listener_url(listeners[0]), buffer_size=buffer_size)
+                server = await listeners[0].accept()
+        finally:
+            for listener in listeners:
+                await listener.aclose()
+        async with client, server:
+            for stream in (client, server):
+                assert isinstance(stream, trio.SocketStream)
+                sndbuf = stream.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+                rcvbuf = stream.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+                if buffer_size is not None:
+                    assert sndbuf >= size and rcvbuf >= size  # Linux doubles the request
+                else:
+                    with socket.socket(stream.socket.family, socket.SOCK_STREAM) as fresh:
+                        default_rcv = fresh.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+                    if family == "unix":  # no autotuning: exactly the OS default
+                        assert sndbuf == _core_cap("wmem_default") and rcvbuf == default_rcv
+                    else:  # TCP autotunes from tcp_wmem/tcp_rmem, never to our 2x size
+                        assert sndbuf != 2 * size or rcvbuf != 2 * size

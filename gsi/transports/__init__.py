@@ -10,7 +10,7 @@ thread-backed stream for sockets trio cannot poll (AF_HYPERV on Windows, maybe).
 from __future__ import annotations
 
 from .api import StreamListener, connect, listener_url, open_listeners, sockname_address
-from .base import TransportError
+from .base import DEFAULT_SOCKET_BUFFER, TransportError, tune_socket
 from .hyperv import connect_hyperv, hyperv_socket, open_hyperv_listener
 from .tcp import connect_tcp, open_tcp_listeners
 from .threaded import (
@@ -51,6 +51,7 @@ from .vsock import (
 )
 
 __all__ = [
+    "DEFAULT_SOCKET_BUFFER",
     "HV_GUID_NAMES",
     "VMADDR_CID_ANY",
     "VMADDR_CID_HOST",
@@ -92,6 +93,7 @@ __all__ = [
     "sockname_address",
     "transport_kind",
     "trio_can_poll",
+    "tune_socket",
     "vsock_family",
     "vsock_port_to_service_guid",
 ]

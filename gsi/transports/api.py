@@ -6,11 +6,11 @@ import logging
 import os
 import socket
 import uuid
-from typing import Any, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 import trio
 
-from .base import TransportError
+from .base import DEFAULT_SOCKET_BUFFER, TransportError
 from .hyperv import connect_hyperv, open_hyperv_listener
 from .tcp import connect_tcp, open_tcp_listeners
 from .unix import connect_unix, open_unix_listener
@@ -33,11 +33,18 @@ StreamListener: TypeAlias = trio.abc.Listener[trio.abc.HalfCloseableStream]
 """What ``open_listeners`` returns: a listener whose ``accept`` gives a half-closeable stream."""
 
 
+def _size(requested: int | Literal["default"] | None, default: int | None) -> int | None:
+    return default if requested == "default" else requested
+
+
 def _address(url: str | Address) -> Address:
     return parse_url(url) if isinstance(url, str) else url
 
 
-async def open_listeners(url: str | Address, *, native: bool | None = None) -> list[StreamListener]:
+async def open_listeners(
+    url: str | Address, *, native: bool | None = None,
+    buffer_size: int | Literal["default"] | None = "default",
+) -> list[StreamListener]:
     """Open the listeners for a URL (several for a TCP host name with several addresses).
 
     Every listener's ``accept`` returns a ``trio.abc.HalfCloseableStream``; use
@@ -47,6 +54,9 @@ async def open_listeners(url: str | Address, *, native: bool | None = None) -> l
         url: a transport URL (see ``gsi.transports.url``) or a parsed address.
         native: hyperv:// only: force trio's native listener (True) or the threaded one
             (False); None probes. Ignored by the other families, which are always native.
+        buffer_size: tcp:// and unix:// only: SO_SNDBUF/SO_RCVBUF of every accepted
+            stream, best effort (``base.tune_socket``); None leaves the OS default;
+            "default": ``DEFAULT_SOCKET_BUFFER`` for unix://, None for tcp:// (autotuned).
 
     Raises:
         TransportError: a bad URL, or the socket could not be bound.
@@ -54,9 +64,10 @@ async def open_listeners(url: str | Address, *, native: bool | None = None) -> l
     address = _address(url)
     listeners: list[StreamListener] = []
     if isinstance(address, TcpAddress):
-        listeners.extend(await open_tcp_listeners(address))
+        listeners.extend(await open_tcp_listeners(address, buffer_size=_size(buffer_size, None)))
     elif isinstance(address, UnixAddress):
-        listeners.append(await open_unix_listener(address))
+        size = _size(buffer_size, DEFAULT_SOCKET_BUFFER)
+        listeners.append(await open_unix_listener(address, buffer_size=size))
     elif isinstance(address, VsockAddress):
         listeners.append(await open_vsock_listener(address))
     elif isinstance(address, VmbusAddress):
@@ -75,22 +86,24 @@ async def open_listeners(url: str | Address, *, native: bool | None = None) -> l
 
 
 async def connect(
-    url: str | Address, *, native: bool | None = None
+    url: str | Address, *, native: bool | None = None,
+    buffer_size: int | Literal["default"] | None = "default",
 ) -> trio.abc.HalfCloseableStream:
     """Connect to a URL and return the stream.
 
     Args:
         url: a transport URL or a parsed address.
         native: hyperv:// only, as for ``open_listeners``.
+        buffer_size: tcp:// and unix:// only, as for ``open_listeners``.
 
     Raises:
         TransportError: a bad URL, or the connection failed (the message names the URL).
     """
     address = _address(url)
     if isinstance(address, TcpAddress):
-        return await connect_tcp(address)
+        return await connect_tcp(address, buffer_size=_size(buffer_size, None))
     if isinstance(address, UnixAddress):
-        return await connect_unix(address)
+        return await connect_unix(address, buffer_size=_size(buffer_size, DEFAULT_SOCKET_BUFFER))
     if isinstance(address, VsockAddress):
         return await connect_vsock(address)
     if isinstance(address, VmbusAddress):

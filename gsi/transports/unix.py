@@ -14,7 +14,7 @@ import stat
 
 import trio
 
-from .base import TransportError, os_reason
+from .base import DEFAULT_SOCKET_BUFFER, TransportError, os_reason, tune_socket
 from .url import UnixAddress, format_url
 
 
@@ -61,20 +61,27 @@ def _remove_stale(path: str, url: str) -> None:
 class UnixSocketListener(trio.abc.Listener[trio.SocketStream]):
     """A ``trio.SocketListener`` that also removes its socket file when closed.
 
+    Accepted Unix sockets do not inherit the listening socket's buffer sizes, so ``accept``
+    sets ``buffer_size`` on each stream (None: the OS default; see ``tune_socket``).
+
     Attributes:
         socket: the trio listening socket.
         path: the socket file.
     """
 
-    def __init__(self, listener: trio.SocketListener, path: str) -> None:
+    def __init__(self, listener: trio.SocketListener, path: str, *,
+                 buffer_size: int | None = None) -> None:
         self._listener = listener
+        self._buffer_size = buffer_size
         self.socket = listener.socket
         self.path = path
         st = os.stat(path)
         self._identity = (st.st_dev, st.st_ino)
 
     async def accept(self) -> trio.SocketStream:
-        return await self._listener.accept()
+        stream = await self._listener.accept()
+        tune_socket(stream.socket, self._buffer_size)
+        return stream
 
     def _unlink(self) -> None:
         try:
@@ -93,8 +100,13 @@ class UnixSocketListener(trio.abc.Listener[trio.SocketStream]):
         await trio.lowlevel.checkpoint()
 
 
-async def open_unix_listener(address: UnixAddress) -> UnixSocketListener:
-    """Bind and listen on ``address.path`` (after removing a stale socket file there)."""
+async def open_unix_listener(
+    address: UnixAddress, *, buffer_size: int | None = DEFAULT_SOCKET_BUFFER
+) -> UnixSocketListener:
+    """Bind and listen on ``address.path`` (after removing a stale socket file there).
+
+    ``buffer_size``: SO_SNDBUF/SO_RCVBUF of every accepted stream (see ``tune_socket``).
+    """
     url = format_url(address)
     _remove_stale(address.path, url)
     sock = trio.socket.socket(_unix_family(url), socket.SOCK_STREAM)
@@ -107,7 +119,8 @@ async def open_unix_listener(address: UnixAddress) -> UnixSocketListener:
         raise
     try:
         sock.listen(socket.SOMAXCONN)
-        return UnixSocketListener(trio.SocketListener(sock), address.path)
+        return UnixSocketListener(trio.SocketListener(sock), address.path,
+                                  buffer_size=buffer_size)
     except BaseException as exc:
         sock.close()
         with contextlib.suppress(OSError):
@@ -117,11 +130,15 @@ async def open_unix_listener(address: UnixAddress) -> UnixSocketListener:
         raise
 
 
-async def connect_unix(address: UnixAddress) -> trio.SocketStream:
-    """Connect to the socket at ``address.path``."""
+async def connect_unix(
+    address: UnixAddress, *, buffer_size: int | None = DEFAULT_SOCKET_BUFFER
+) -> trio.SocketStream:
+    """Connect to the socket at ``address.path``; ``buffer_size`` as for ``tune_socket``."""
     url = format_url(address)
     _unix_family(url)
     try:
-        return await trio.open_unix_socket(address.path)
+        stream = await trio.open_unix_socket(address.path)
     except OSError as exc:
         raise TransportError(f"cannot connect to {url}: {os_reason(exc)}") from exc
+    tune_socket(stream.socket, buffer_size)
+    return stream
