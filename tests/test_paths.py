@@ -24,13 +24,6 @@ from gsi.paths import (
 
 
 @pytest.fixture
-def root(tmp_path: Path) -> Path:
-    r = tmp_path / "root"
-    r.mkdir()
-    return r
-
-
-@pytest.fixture
 def root_fd(root: Path) -> Iterator[int]:
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     try:

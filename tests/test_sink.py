@@ -38,13 +38,6 @@ def umask() -> Iterator[int]:
 
 
 @pytest.fixture
-def root(tmp_path: Path) -> Path:
-    r = tmp_path / "root"
-    r.mkdir()
-    return r
-
-
-@pytest.fixture
 def sink(root: Path) -> Iterator[FileSink]:
     with FileSink(root) as s:
         yield s
