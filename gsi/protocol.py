@@ -222,9 +222,6 @@ class GuestConnection:
         self._transition(event, status)
         if self.linux_status_codes and status not in LINUX_STATUSES:
             status = Status.E_FAIL
-        if isinstance(event, Negotiate):
-            out += self._negotiate_answer(event)
-            return
         start = len(out)
         if self.trim_write_echo and isinstance(event, WriteData):
             out += event.request[:_WRITE_DATA]
@@ -235,6 +232,8 @@ class GuestConnection:
             out += event.request
         codec.U32.pack_into(out, start + STATUS_OFFSET, status)
         out[start + ICFLAGS_OFFSET] = GUEST_ICFLAGS
+        if isinstance(event, Negotiate):
+            _edit_negotiate_answer(out, start, event)
 
     def _transition(self, event: RequestEvent, status: int) -> None:
         if isinstance(event, WriteData):  # first: one per fragment
@@ -251,23 +250,6 @@ class GuestConnection:
                 self._ranges = ReceivedRanges(self.max_ranges)
         elif isinstance(event, CompleteCopy | CancelCopy):
             self.state = GuestState.IDLE
-
-    def _negotiate_answer(self, event: Negotiate) -> bytes:
-        out = bytearray(event.request)
-        body = ICMSG_HDR_END
-        codec.U32.pack_into(out, STATUS_OFFSET, event.status)
-        out[ICFLAGS_OFFSET] = GUEST_ICFLAGS
-        room = len(out) - body
-        if event.framework_version is not None and event.message_version is not None:
-            codec.U16.pack_into(out, codec.ICMSGSIZE_OFFSET, 0x10)
-            codec.NEGOTIATE_VERCNT.pack_into(out, body, 1, 1)
-            codec.IC_VERSION.pack_into(out, body + 8, *event.framework_version)
-            codec.IC_VERSION.pack_into(out, body + 12, *event.message_version)
-        elif room >= codec.NEGOTIATE_VERCNT.size:
-            codec.NEGOTIATE_VERCNT.pack_into(out, body, 0, 0)
-            if not event.malformed:
-                codec.U16.pack_into(out, codec.ICMSGSIZE_OFFSET, 0x10)
-        return bytes(out)
 
     # -- request validation ----------------------------------------------------
 
@@ -419,3 +401,18 @@ class GuestConnection:
         else:
             self._queue.append(CompleteCopy(transaction_id=tid, request=payload,
                                             file_size=self._file_size))
+
+
+def _edit_negotiate_answer(out: bytearray, start: int, event: Negotiate) -> None:
+    """The edits the guest makes to an echoed NEGOTIATE (PROTOCOL.md 5.1 and section 8)."""
+    body = start + ICMSG_HDR_END
+    room = len(out) - body
+    if event.framework_version is not None and event.message_version is not None:
+        codec.U16.pack_into(out, start + codec.ICMSGSIZE_OFFSET, 0x10)
+        codec.NEGOTIATE_VERCNT.pack_into(out, body, 1, 1)
+        codec.IC_VERSION.pack_into(out, body + 8, *event.framework_version)
+        codec.IC_VERSION.pack_into(out, body + 12, *event.message_version)
+    elif room >= codec.NEGOTIATE_VERCNT.size:
+        codec.NEGOTIATE_VERCNT.pack_into(out, body, 0, 0)
+        if not event.malformed:
+            codec.U16.pack_into(out, start + codec.ICMSGSIZE_OFFSET, 0x10)
