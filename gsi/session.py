@@ -32,7 +32,7 @@ from .events import (
     WriteData,
 )
 from .protocol import GuestConnection
-from .sink import FileSink, OpenCopy
+from .sink_api import Sink, SinkCopy
 
 log = logging.getLogger("gsi.receiver")
 
@@ -78,7 +78,7 @@ class Session:
         on_record: called with the record of every copy that ends.
     """
 
-    def __init__(self, stream: trio.abc.Stream, sink: FileSink, connection: GuestConnection,
+    def __init__(self, stream: trio.abc.Stream, sink: Sink, connection: GuestConnection,
                  *, idle_timeout: float, receive_size: int = 256 * 1024,
                  peer: str = "host",
                  on_record: Callable[[CopyRecord], None] | None = None) -> None:
@@ -89,7 +89,7 @@ class Session:
         self.receive_size = receive_size
         self.peer = peer
         self.on_record = on_record
-        self.copy: OpenCopy | None = None
+        self.copy: SinkCopy | None = None
         self._started = 0.0
         self._stopping = False
         self._receiving = False
