@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import platform
 import signal
 import sys
 from pathlib import Path
 
 import trio
 
+from ._version import __version__
 from .constants import DATA_FRAGMENT
 from .errors import GsiError
 from .server import Receiver, ReceiverConfig
@@ -71,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "destination root. Guest path /a/b lands at ROOT/a/b; nothing is ever "
                     "written outside ROOT.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--root", type=Path, required=True,
                    help="destination root directory (must exist)")
     p.add_argument("--listen", action="append", required=True, metavar="URL",
@@ -182,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log.info("gsi-receiver %s (Python %s, trio %s)", __version__,
+             platform.python_version(), trio.__version__)
     root: Path = args.root
     if not root.is_dir():
         print(f"gsi-receiver: --root {root} is not an existing directory", file=sys.stderr)
