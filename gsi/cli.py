@@ -185,8 +185,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    log.info("gsi-receiver %s (Python %s, trio %s)", __version__,
-             platform.python_version(), trio.__version__)
     root: Path = args.root
     if not root.is_dir():
         print(f"gsi-receiver: --root {root} is not an existing directory", file=sys.stderr)
@@ -197,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     except TransportError as exc:
         print(f"gsi-receiver: {exc}", file=sys.stderr)
         return 2
+    log.info("gsi-receiver %s (Python %s, trio %s)", __version__,
+             platform.python_version(), trio.__version__)
     try:
         trio.run(run, config_from_args(args), args.listen,
                  TRANSPORT_MODES[args.transport_mode])
