@@ -3,13 +3,19 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Editable installs keep setuptools' egg-info out of the source tree: setuptools reads
+# DIST_EXTRA_CONFIG as one more setup.cfg, and this one points egg_info into the venv.
+EGG_CFG := $(VENV)/egg-info.cfg
+PIP_EDITABLE := DIST_EXTRA_CONFIG=$(abspath $(EGG_CFG)) $(PY) -m pip install --quiet -e
 
-.PHONY: demo test lint bench bench-quick clean
+.PHONY: demo test lint package-check bench bench-quick clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml gsi/_version.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,dev,progress]'
+	mkdir -p $(VENV)/egg-info
+	printf '[egg_info]\negg_base = %s\n' '$(abspath $(VENV)/egg-info)' > $(EGG_CFG)
+	$(PIP_EDITABLE) '.[test,dev,progress]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -22,14 +28,19 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check gsi host_sim tests benchmarks
 	$(VENV)/bin/mypy --strict gsi host_sim
 
+# Build the sdist and wheel outside the tree, twine check --strict, check their file lists,
+# install the wheel into a fresh venv and copy a file between the installed commands.
+package-check: $(STAMP)
+	.ci/package-check $(PY)
+
 # The benchmark suite (benchmarks/README.md): separate processes over Unix sockets and TCP,
 # same-run baselines, results in benchmarks/results/. The chart needs the bench extra.
 bench: $(STAMP)
-	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PIP_EDITABLE) '.[bench]'
 	$(PY) -m benchmarks.run
 
 bench-quick: $(STAMP)
-	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PIP_EDITABLE) '.[bench]'
 	$(PY) -m benchmarks.run --quick
 
 clean:

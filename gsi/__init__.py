@@ -66,4 +66,4 @@ __all__ = [
     "WriteData",
     "describe_status",
 ]
-__version__ = "0.1.0"
+from ._version import __version__ as __version__

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import platform
 import signal
 import sys
 from pathlib import Path
 
 import trio
 
+from ._version import __version__
 from .constants import DATA_FRAGMENT
 from .errors import GsiError
 from .server import Receiver, ReceiverConfig
@@ -71,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "destination root. Guest path /a/b lands at ROOT/a/b; nothing is ever "
                     "written outside ROOT.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--root", type=Path, required=True,
                    help="destination root directory (must exist)")
     p.add_argument("--listen", action="append", required=True, metavar="URL",
@@ -192,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     except TransportError as exc:
         print(f"gsi-receiver: {exc}", file=sys.stderr)
         return 2
+    log.info("gsi-receiver %s (Python %s, trio %s)", __version__,
+             platform.python_version(), trio.__version__)
     try:
         trio.run(run, config_from_args(args), args.listen,
                  TRANSPORT_MODES[args.transport_mode])

@@ -6,6 +6,8 @@
 (``docs/faults.md``).
 """
 
+from gsi._version import __version__ as __version__
+
 from .client import CopyResult, HostClient, copy_vm_file, explain_status, open_host
 from .fault_plan import FaultPlan, FaultReport, parse_fault
 from .faults import FaultyHost, faulty_copy

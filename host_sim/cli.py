@@ -12,6 +12,7 @@ from pathlib import Path
 
 import trio
 
+from gsi._version import __version__
 from gsi.constants import (
     DATA_FRAGMENT,
     HOST_FCOPY_VERSIONS,
@@ -89,6 +90,7 @@ def _build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     p = argparse.ArgumentParser(prog="host-sim",
                                 description="Hyper-V host simulator for the guest "
                                             "file-copy protocol.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("copy", help="copy files into the guest, one after another",
                        description="Copy files into the guest over one connection, one "
