@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import os
 import re
@@ -48,9 +49,18 @@ TEMP_NAME_FORMAT: Final = ".gsi-{pid}-{token}.part"
 TEMP_NAME_RE: Final = re.compile(r"\.gsi-(?P<pid>[1-9][0-9]{0,9})-[0-9a-f]{16}\.part")
 """Matches (with ``fullmatch``) exactly the names :data:`TEMP_NAME_FORMAT` produces."""
 
-_TEMP_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-_ROOT_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _TEMP_ATTEMPTS: Final = 8
+
+
+@functools.cache
+def _temp_flags() -> int:
+    """POSIX-only flags, read on first use (see :func:`gsi.paths.dir_flags`)."""
+    return os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@functools.cache
+def _root_flags() -> int:
+    return os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
 def _close_quietly(fd: int | None) -> None:
@@ -133,7 +143,7 @@ class OpenCopy:
         for _ in range(_TEMP_ATTEMPTS):
             name = TEMP_NAME_FORMAT.format(pid=os.getpid(), token=secrets.token_hex(8))
             try:
-                self._fd = os.open(name, _TEMP_FLAGS, 0o644, dir_fd=self._dir_fd)
+                self._fd = os.open(name, _temp_flags(), 0o644, dir_fd=self._dir_fd)
             except FileExistsError:
                 continue
             except OSError as exc:
@@ -373,7 +383,7 @@ class FileSink:
         self.check_free_space = check_free_space
         self.coalesce_bytes = coalesce_bytes
         try:
-            self._root_fd: int | None = os.open(self.root, _ROOT_FLAGS)
+            self._root_fd: int | None = os.open(self.root, _root_flags())
         except (FileNotFoundError, NotADirectoryError):
             raise SinkError(
                 Status.PATH_NOT_FOUND,
