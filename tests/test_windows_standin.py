@@ -3,9 +3,9 @@
 A subprocess imports trio (as it is on Windows, trio is there before anything of ours),
 then takes away what Windows does not have: the POSIX-only ``os`` attributes, AF_VSOCK and
 the ``fcntl`` module, and says ``sys.platform == "win32"`` (AF_UNIX stays: trio's Linux
-backend needs it for its wakeup socket pair; gsi only reads it with ``getattr``). In that process every
-module of ``gsi`` and ``host_sim`` must import, and ``host-sim copy`` must copy a file to a
-receiver over ``hyperv://`` with the thread-backed transport (``--transport-mode
+backend needs it for its wakeup socket pair; gsi only reads it with ``getattr``). In that
+process every module of ``gsi`` and ``host_sim`` must import, and ``host-sim copy`` must
+copy a file to a receiver over ``hyperv://`` with the thread-backed transport (``--transport-mode
 threaded``), a Unix socket standing in for the AF_HYPERV one (as in
 ``test_transports_hyperv.py``). The receiver (a Linux guest) runs in this test's process.
 """
@@ -33,14 +33,14 @@ POSIX_ONLY_OS = (
     "memfd_create", "copy_file_range", "sendfile", "splice",
 )
 
-STANDIN = """
+STANDIN = f"""
 import os, pkgutil, socket, sys
 
 import trio  # first: on Windows trio is imported before anything of ours
 
 AF_UNIX = socket.AF_UNIX
 guest_socket, *copy_args = sys.argv[1:]
-for name in {posix_only!r}:
+for name in {POSIX_ONLY_OS!r}:
     if hasattr(os, name):
         delattr(os, name)
 if hasattr(socket, "AF_VSOCK"):
@@ -63,7 +63,7 @@ from host_sim import cli
 hyperv.hyperv_socket = lambda: socket.socket(AF_UNIX, socket.SOCK_STREAM)
 hyperv._sockaddr = lambda address: guest_socket
 sys.exit(cli.main(copy_args))
-""".format(posix_only=POSIX_ONLY_OS)
+"""
 
 
 async def test_host_sim_imports_and_copies_without_posix(tmp_path: Path) -> None:
