@@ -8,7 +8,17 @@ creates a temp file *in the target directory*. :class:`OpenCopy` writes the data
 target in one step: ``rename`` over the target with OVER_WRITE, otherwise ``link`` (which
 fails with EEXIST rather than clobber) then ``unlink`` of the temp. Until then the target
 and its old content are untouched; every failure, :meth:`OpenCopy.abort` included, removes
-the temp file. Everything here is synchronous and blocking (run it in a worker thread).
+the temp file.
+
+Everything here is synchronous, and these calls make system calls that can wait on the
+disk: :meth:`FileSink.begin` (the path walk, mkdir, creating and, with ``preallocate``,
+allocating the temp file, ``fstatvfs``), :meth:`OpenCopy.commit` (the last ``pwrite``,
+fsync of file and directory, link or rename, unlink), :meth:`OpenCopy.abort` (close and
+unlink), :meth:`FileSink.cleanup_stale_temps` (a directory walk and unlinks) and
+:meth:`OpenCopy.write` whenever it writes instead of only buffering (a fragment that
+does not extend the buffered run, or a full coalesce buffer: ``pwrite`` into the page
+cache, which can wait on writeback). Only :meth:`OpenCopy.write` of a fragment that fits
+the buffered run is a plain memory copy.
 
 Temp files are named ``.gsi-<pid>-<16 lowercase hex digits>.part`` (:data:`TEMP_NAME_RE`),
 ``<pid>`` being the receiver's process id in decimal, so that
