@@ -16,6 +16,7 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
 import trio
 
 from gsi.testing import open_guest
@@ -66,7 +67,14 @@ sys.exit(cli.main(copy_args))
 """
 
 
-async def test_host_sim_imports_and_copies_without_posix(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fault", [
+    [],
+    pytest.param(["--fault", "reorder:at=write:2"], marks=pytest.mark.xfail(
+        strict=True, reason="host_sim/faults.py opens the source with os.O_CLOEXEC and "
+                            "reads it with os.pread, which Windows lacks")),
+])
+async def test_host_sim_imports_and_copies_without_posix(tmp_path: Path,
+                                                         fault: list[str]) -> None:
     data = os.urandom(200_000)  # 33 WRITEs, the last one short
     source = tmp_path / "report.bin"
     source.write_bytes(data)
@@ -76,7 +84,7 @@ async def test_host_sim_imports_and_copies_without_posix(tmp_path: Path) -> None
             done = await trio.run_process(
                 [sys.executable, "-c", STANDIN, guest.url.removeprefix("unix://"),
                  "copy", "--to", f"hyperv://loopback/{SVC}", "--transport-mode", "threaded",
-                 "--create-full-path", "--window", "4", str(source), "/in/"],
+                 "--create-full-path", "--window", "4", *fault, str(source), "/in/"],
                 capture_stdout=True, capture_stderr=True, check=False)
             stderr = done.stderr.decode(errors="replace")
             assert done.returncode == 0, stderr
