@@ -34,7 +34,8 @@ URLs: tcp://HOST:PORT (port 0 picks a free port), unix:///abs/path,
 vsock://CID:PORT (CID -1 = any, for a Linux guest on Hyper-V: hv_sock),
 vmbus://[INSTANCE] (the real fcopy channel bound to uio_hv_generic, in place of
 hv_fcopy_uio_daemon: stock Copy-VMFile; see docs/vmbus.md),
-vmbus-emu:///abs/path[?ring_size=0x4000] (an emulated channel for host-sim).
+vmbus-emu:///abs/path[?ring_size=0x4000] (an emulated channel for host-sim),
+hyperv://VMID/SERVICEID (AF_HYPERV: Windows, Python 3.12+; docs/windows-host.md).
 
 examples:
   gsi-receiver --root /srv/incoming --listen unix:///run/gsi.sock

@@ -7,6 +7,9 @@ Two paths over the same layouts (:mod:`gsi.layouts`):
   fragment (peeking at headers, WRITE fields, building WRITE requests), which never
   copies the data it points at. Tests prove the two agree byte for byte.
 
+construct is imported by the first general builder or parser called, not with this
+module: the guest (:mod:`gsi.protocol`) only uses the fast path and never loads it.
+
 Payload offsets used here (PROTOCOL.md sections 1 and 3): pipe header 0..8, IC header
 8..28 (status at 20, transaction id at 24, flags at 25), IC body from 28; in an fcopy
 body the operation is at body offset 0 and WRITE's offset/size at body offsets 40/48,
@@ -18,7 +21,6 @@ from __future__ import annotations
 import struct
 from typing import Any, Final
 
-from . import layouts
 from .constants import (
     HOST_ICFLAGS,
     ICMSG_HDR_END,
@@ -77,6 +79,7 @@ def build_message(
     icmsgsize: int | None = None,
 ) -> bytes:
     """Pipe header + IC header + body, with construct."""
+    from . import layouts  # here: construct loads on first use
     header = layouts.icmsg_hdr.build(
         {
             "icverframe": {"major": icverframe[0], "minor": icverframe[1]},
@@ -97,6 +100,7 @@ def build_message(
 
 def parse_message(payload: bytes) -> Any:
     """Split a payload into a construct Container (pipe, ic, body)."""
+    from . import layouts  # here: construct loads on first use
     return layouts.message.parse(payload)
 
 
@@ -104,6 +108,7 @@ def build_negotiate_body(
     framework_versions: tuple[Version, ...] | list[Version],
     message_versions: tuple[Version, ...] | list[Version],
 ) -> bytes:
+    from . import layouts  # here: construct loads on first use
     versions = [{"major": a, "minor": b} for a, b in (*framework_versions, *message_versions)]
     return bytes(
         layouts.icmsg_negotiate.build(
@@ -119,6 +124,7 @@ def build_negotiate_body(
 
 def build_fcopy_header(operation: int, service_id0: bytes = _ZERO_GUID,
                        service_id1: bytes = _ZERO_GUID) -> bytes:
+    from . import layouts  # here: construct loads on first use
     return bytes(
         layouts.hv_fcopy_hdr.build(
             {"operation": operation, "service_id0": service_id0, "service_id1": service_id1}
@@ -131,6 +137,7 @@ def build_start_body(
     service_id0: bytes = _ZERO_GUID, service_id1: bytes = _ZERO_GUID,
 ) -> bytes:
     """hv_start_fcopy from already-encoded 520-byte name fields."""
+    from . import layouts  # here: construct loads on first use
     return bytes(
         layouts.hv_start_fcopy.build(
             {
@@ -151,6 +158,7 @@ def build_start_body(
 def build_write_body(*, offset: int, data: bytes, full_length: int | None = None) -> bytes:
     """hv_do_fcopy with construct: trimmed to 52 + len(data), or zero-padded data of
     ``full_length`` bytes (6144 gives the kernel's 6196-byte struct)."""
+    from . import layouts  # here: construct loads on first use
     hdr = {"operation": Operation.WRITE_TO_FILE, "service_id0": _ZERO_GUID,
            "service_id1": _ZERO_GUID}
     trimmed = bytes(

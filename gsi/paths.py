@@ -14,6 +14,7 @@ Nothing here writes a file; with CREATE_PATH it only creates directories.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import stat
 from collections import deque
@@ -26,8 +27,17 @@ from .errors import SinkError
 MAX_SYMLINK_FOLLOWS: Final = 40
 """Symlinks followed while resolving one path before giving up (ACCESS_DENIED), as ELOOP."""
 
-_DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _MAX_RACE_RETRIES: Final = 16
+
+
+@functools.cache
+def dir_flags() -> int:
+    """``os.open`` flags for a directory on the walk: read-only, directory, no follow.
+
+    Read on first use, not at import: these flags are POSIX only, and the modules that
+    import this one must load where they are missing (``host_sim`` on a Windows host).
+    """
+    return os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def oserror_status(exc: OSError) -> Status:
@@ -145,7 +155,7 @@ def open_directory(
             name, requested = pending.popleft()
             where = guest_path([*here, name])
             try:
-                next_fd = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                next_fd = os.open(name, dir_flags(), dir_fd=fd)
             except FileNotFoundError:
                 if not requested:
                     raise SinkError(

@@ -3,18 +3,29 @@ its own :class:`gsi.session.Session`, with a connection limit and graceful shutd
 
 from __future__ import annotations
 
+import errno
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
 
 import trio
 
 from .constants import DATA_FRAGMENT, GUEST_FCOPY_VERSIONS, GUEST_FRAMEWORK_VERSIONS, Version
+from .paths import describe_oserror
 from .protocol import GuestConnection
 from .session import CopyRecord, Session
 from .sink import FileSink
 
 log = logging.getLogger("gsi.receiver")
+
+ACCEPT_CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM,
+                                           errno.ENOBUFS})
+"""accept() errors that say the system is out of resources: the receiver logs them and
+retries after :data:`ACCEPT_BACKOFF` seconds. Any other OSError from ``accept`` ends
+:meth:`Receiver.serve` (trio's ``serve_listeners`` policy; the listeners themselves
+already retry what a vanished peer causes, such as ECONNABORTED)."""
+ACCEPT_BACKOFF: Final = 0.1
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -173,9 +184,12 @@ class Receiver:
         while True:
             try:
                 stream = await listener.accept()
-            except OSError as exc:  # e.g. EMFILE: back off instead of spinning
-                log.error("accept failed: %s", exc)
-                await trio.sleep(0.1)
+            except OSError as exc:
+                if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                log.error("accept failed: %s; retrying in %s seconds",
+                          describe_oserror(exc), ACCEPT_BACKOFF)
+                await trio.sleep(ACCEPT_BACKOFF)
                 continue
             self.stats.connections += 1
             if len(self._sessions) >= self.config.max_connections:

@@ -8,7 +8,17 @@ creates a temp file *in the target directory*. :class:`OpenCopy` writes the data
 target in one step: ``rename`` over the target with OVER_WRITE, otherwise ``link`` (which
 fails with EEXIST rather than clobber) then ``unlink`` of the temp. Until then the target
 and its old content are untouched; every failure, :meth:`OpenCopy.abort` included, removes
-the temp file. Everything here is synchronous and blocking (run it in a worker thread).
+the temp file.
+
+Everything here is synchronous, and these calls make system calls that can wait on the
+disk: :meth:`FileSink.begin` (the path walk, mkdir, creating and, with ``preallocate``,
+allocating the temp file, ``fstatvfs``), :meth:`OpenCopy.commit` (the last ``pwrite``,
+fsync of file and directory, link or rename, unlink), :meth:`OpenCopy.abort` (close and
+unlink), :meth:`FileSink.cleanup_stale_temps` (a directory walk and unlinks) and
+:meth:`OpenCopy.write` whenever it writes instead of only buffering (a fragment that
+does not extend the buffered run, or a full coalesce buffer: ``pwrite`` into the page
+cache, which can wait on writeback). Only :meth:`OpenCopy.write` of a fragment that fits
+the buffered run is a plain memory copy.
 
 Temp files are named ``.gsi-<pid>-<16 lowercase hex digits>.part`` (:data:`TEMP_NAME_RE`),
 ``<pid>`` being the receiver's process id in decimal, so that
@@ -19,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import os
 import re
@@ -49,9 +60,18 @@ TEMP_NAME_FORMAT: Final = ".gsi-{pid}-{token}.part"
 TEMP_NAME_RE: Final = re.compile(r"\.gsi-(?P<pid>[1-9][0-9]{0,9})-[0-9a-f]{16}\.part")
 """Matches (with ``fullmatch``) exactly the names :data:`TEMP_NAME_FORMAT` produces."""
 
-_TEMP_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-_ROOT_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _TEMP_ATTEMPTS: Final = 8
+
+
+@functools.cache
+def _temp_flags() -> int:
+    """POSIX-only flags, read on first use (see :func:`gsi.paths.dir_flags`)."""
+    return os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@functools.cache
+def _root_flags() -> int:
+    return os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
 def _close_quietly(fd: int | None) -> None:
@@ -134,7 +154,7 @@ class OpenCopy:
         for _ in range(_TEMP_ATTEMPTS):
             name = TEMP_NAME_FORMAT.format(pid=os.getpid(), token=secrets.token_hex(8))
             try:
-                self._fd = os.open(name, _TEMP_FLAGS, 0o644, dir_fd=self._dir_fd)
+                self._fd = os.open(name, _temp_flags(), 0o644, dir_fd=self._dir_fd)
             except FileExistsError:
                 continue
             except OSError as exc:
@@ -383,7 +403,7 @@ class FileSink:
         self.check_free_space = check_free_space
         self.coalesce_bytes = coalesce_bytes
         try:
-            self._root_fd: int | None = os.open(self.root, _ROOT_FLAGS)
+            self._root_fd: int | None = os.open(self.root, _root_flags())
         except (FileNotFoundError, NotADirectoryError):
             raise SinkError(
                 Status.PATH_NOT_FOUND,

@@ -4,14 +4,21 @@
 :func:`open_host` and :func:`copy_vm_file` drive it over any gsi transport.
 :class:`FaultyHost` and :func:`faulty_copy` apply a :class:`FaultPlan` to copies
 (``docs/faults.md``).
+
+The names below are imported on first use (PEP 562, :mod:`gsi._lazy`):
+``host_sim.protocol`` loads without trio, and ``import host_sim`` works on Windows.
 """
 
+from typing import TYPE_CHECKING
+
+from gsi._lazy import lazy_exports
 from gsi._version import __version__ as __version__
 
-from .client import CopyResult, HostClient, copy_vm_file, explain_status, open_host
-from .fault_plan import FaultPlan, FaultReport, parse_fault
-from .faults import FaultyHost, faulty_copy
-from .protocol import MAX_WINDOW, Answer, HostConnection
+if TYPE_CHECKING:
+    from .client import CopyResult, HostClient, copy_vm_file, explain_status, open_host
+    from .fault_plan import FaultPlan, FaultReport, parse_fault
+    from .faults import FaultyHost, faulty_copy
+    from .protocol import MAX_WINDOW, Answer, HostConnection
 
 __all__ = [
     "MAX_WINDOW",
@@ -28,3 +35,12 @@ __all__ = [
     "open_host",
     "parse_fault",
 ]
+
+_EXPORTS = {
+    **dict.fromkeys(["CopyResult", "HostClient", "copy_vm_file", "explain_status",
+                     "open_host"], ".client"),
+    **dict.fromkeys(["FaultPlan", "FaultReport", "parse_fault"], ".fault_plan"),
+    **dict.fromkeys(["FaultyHost", "faulty_copy"], ".faults"),
+    **dict.fromkeys(["MAX_WINDOW", "Answer", "HostConnection"], ".protocol"),
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

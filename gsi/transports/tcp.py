@@ -36,7 +36,12 @@ async def open_tcp_listeners(
 
 
 async def _same_port(listeners: list[trio.SocketListener], host: str) -> list[trio.SocketListener]:
-    """Reopen all listeners on the first one's port; keep the originals if that fails."""
+    """Close the listeners and reopen one per address on the first one's port.
+
+    The originals are closed first (their port must be free to bind again); if another
+    process took the port in between, they are replaced by new listeners on distinct
+    kernel-chosen ports, as trio would open them.
+    """
     port = _port(listeners[0])
     for listener in listeners:
         listener.socket.close()

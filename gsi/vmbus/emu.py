@@ -24,6 +24,7 @@ them again (``hv_uio_channel_cb``), and a signal to the host unmasks them
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import mmap
 import os
@@ -47,7 +48,11 @@ DEFAULT_RING_SIZE: Final = 0x4000
 WATCHDOG_INTERVAL: Final = 0.5
 """Seconds between checks, while a host waits, that the receiver is still there."""
 
-_FIFO_FLAGS: Final = os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC
+
+@functools.cache
+def _fifo_flags() -> int:
+    """POSIX-only flags, read on first use so that gsi.vmbus imports anywhere."""
+    return os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 def emu_paths(path: str) -> tuple[str, str, str]:
@@ -142,7 +147,7 @@ def _remove_stale(path: str, url: str) -> None:
             raise TransportError(refuse)
     if to_guest not in present:
         raise TransportError(refuse)
-    fd = os.open(to_guest, _FIFO_FLAGS)
+    fd = os.open(to_guest, _fifo_flags())
     try:
         if not _lock(fd, exclusive=True):
             raise TransportError(f"cannot listen on {url}: another receiver is listening there")
@@ -190,7 +195,7 @@ def create_guest_channel(path: str, ring_size: int = DEFAULT_RING_SIZE) -> RingC
         for fifo in (to_guest, to_host):
             os.mkfifo(fifo, 0o600)
             made.append(fifo)
-            fds.append(os.open(fifo, _FIFO_FLAGS))
+            fds.append(os.open(fifo, _fifo_flags()))
         if not _lock(fds[0], exclusive=True):
             raise TransportError(f"cannot listen on {url}: another receiver is listening there")
         tmp = f"{ring}.{os.getpid()}.tmp"
@@ -243,8 +248,8 @@ def attach_host_channel(path: str, ring_size: int | None = None) -> RingChannel:
     try:
         try:
             fds.append(os.open(ring, os.O_RDWR | os.O_CLOEXEC))
-            fds.append(os.open(to_guest, _FIFO_FLAGS))
-            fds.append(os.open(to_host, _FIFO_FLAGS))
+            fds.append(os.open(to_guest, _fifo_flags()))
+            fds.append(os.open(to_host, _fifo_flags()))
         except FileNotFoundError:
             raise TransportError(f"cannot connect to {url}: no receiver listens there "
                                  "(no emulated channel at that path)") from None
