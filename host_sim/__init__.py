@@ -7,6 +7,7 @@
 """
 
 from .client import CopyResult, HostClient, copy_vm_file, explain_status, open_host
+from .conformance import Result, run_checks
 from .fault_plan import FaultPlan, FaultReport, parse_fault
 from .faults import FaultyHost, faulty_copy
 from .protocol import MAX_WINDOW, Answer, HostConnection
@@ -20,9 +21,11 @@ __all__ = [
     "FaultyHost",
     "HostClient",
     "HostConnection",
+    "Result",
     "copy_vm_file",
     "explain_status",
     "faulty_copy",
     "open_host",
     "parse_fault",
+    "run_checks",
 ]
