@@ -63,6 +63,11 @@ class _Run:
     timeout: float
     outside: Path | None
 
+    @property
+    def escape(self) -> str:
+        """The name a '..' scenario aims at beside the guest root."""
+        return f"{self.run_name}-escape"
+
 
 async def _next(host: HostClient) -> Answer | None:
     """The next answer, or None once the receiver closed (or reset) the connection.
@@ -255,13 +260,14 @@ async def run_scenario(sc: Scenario, run: _Run) -> Result:
                                                         exist_ok=True))
         assert run.outside is not None
         await trio.to_thread.run_sync(sc.setup, where, run.outside)
-    before = await trio.to_thread.run_sync(_snapshot, run.outside)
+    before = {} if run.outside is None else await trio.to_thread.run_sync(_snapshot,
+                                                                          run.outside)
     observed: list[str] = []
     try:
         with trio.move_on_after(run.timeout) as scope:
             async with open_host(run.url, fragment_size=run.max_fragment) as host:
                 ctx = Context(host=host, dir=f"/{run.run_name}/{sc.id}/",
-                              max_fragment=run.max_fragment, escape=f"{run.run_name}-escape")
+                              max_fragment=run.max_fragment, escape=run.escape)
                 await _run_steps(sc, ctx, run.profile, observed)
         if scope.cancelled_caught:
             raise ScenarioFailed(f"no answer within {run.timeout:g} s")
@@ -302,6 +308,7 @@ async def check(url: str, *, profile: str = "gsi", guest_root: str | os.PathLike
 
 def _cleanup(root: Path, run: _Run, outside: Path | None) -> None:
     shutil.rmtree(root / run.run_name, ignore_errors=True)
+    shutil.rmtree(root.resolve().parent / run.escape, ignore_errors=True)
     if outside is not None:
         shutil.rmtree(outside, ignore_errors=True)
 
