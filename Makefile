@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-quick clean
+.PHONY: demo test lint conformance bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# host-sim check against gsi-receiver in both profiles (docs/conformance.md).
+conformance: $(STAMP)
+	.ci/conformance
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check gsi host_sim tests benchmarks
