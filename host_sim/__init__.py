@@ -3,7 +3,8 @@
 :class:`HostConnection` is the sans-IO host side; :class:`HostClient`,
 :func:`open_host` and :func:`copy_vm_file` drive it over any gsi transport.
 :class:`FaultyHost` and :func:`faulty_copy` apply a :class:`FaultPlan` to copies
-(``docs/faults.md``).
+(``docs/faults.md``). :func:`run_checks` runs the conformance catalogue against any
+receiver (``docs/conformance.md``).
 """
 
 from .client import CopyResult, HostClient, copy_vm_file, explain_status, open_host

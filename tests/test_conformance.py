@@ -177,6 +177,24 @@ async def test_a_receiver_that_never_answers_fails_by_timeout(autojump_clock: ob
     assert all("no answer within 5 s" in r.observed for r in results)
 
 
+async def test_a_receiver_that_closes_every_connection_fails_every_scenario() -> None:
+    with short_tempdir() as tmp:
+        listeners = await open_listeners(f"unix://{tmp / 'rude.sock'}")
+
+        async def hang_up(stream: trio.abc.Stream) -> None:
+            await stream.aclose()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.serve_listeners, hang_up, listeners)
+            with trio.fail_after(30):
+                results = await check(listener_url(listeners[0]), timeout=2)
+            nursery.cancel_scope.cancel()
+    assert outcomes(results, "FAIL") == ALL_IDS - {
+        sc.id for sc in CATALOGUE if sc.setup is not None}
+    assert all("closed the connection" in r.observed or "connection lost" in r.observed
+               for r in results if r.outcome == "FAIL"), [r.observed for r in results]
+
+
 # -- selection, report, command line ------------------------------------------------------
 
 async def test_only_selects_by_topic_id_and_pattern() -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import trio
 
 from gsi.constants import DATA_FRAGMENT, ICMSG_HDR_END, WRITE_HEADER_SIZE
-from gsi.errors import CopyFailed
+from gsi.errors import GsiError
 from gsi.transports import connect
 
 from ..client import RECEIVE_SIZE, HostClient, open_host
@@ -145,7 +145,9 @@ async def _run_steps(sc: Scenario, ctx: Context, profile: str, observed: list[st
                 observed.append("(closed by the checker)")
                 return
             if step.action == "eof":
-                await host.stream.send_eof()  # type: ignore[attr-defined]
+                if not isinstance(host.stream, trio.abc.HalfCloseableStream):
+                    raise ScenarioFailed("this transport cannot end the stream alone")
+                await host.stream.send_eof()
             if expected == DROPPED or step.action == "eof":
                 await _read_answers(host, pending, observed)
                 await _expect_close(host, step, observed)
@@ -272,7 +274,7 @@ async def run_scenario(sc: Scenario, run: _Run) -> Result:
         if scope.cancelled_caught:
             raise ScenarioFailed(f"no answer within {run.timeout:g} s")
         fs = await _check_fs(sc, run, ctx, before)
-    except (ScenarioFailed, CopyFailed, OSError) as exc:
+    except (ScenarioFailed, GsiError, OSError) as exc:
         shown = " ".join(observed)
         return result("FAIL", f"{shown + ': ' if shown else ''}{exc}", started)
     return result("PASS", " ".join(observed) + fs, started)
