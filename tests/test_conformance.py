@@ -122,7 +122,7 @@ EXPECTED_FAILURES = {
     "cancel-fails": {"copy.cancel", "copy.cancel-no-copy", "overwrite.force-cancelled"},
     "no-coverage-check": {"copy.complete-with-hole"},
     "overwrites-without-flag": {"overwrite.exists", "overwrite.directory",
-                                "symlink.target"},
+                                "symlink.target", "overwrite.fifo"},
     "follows-dotdot": {"names.dotdot-escape", "names.dotdot-inside"},
 }
 
@@ -233,6 +233,12 @@ def test_junit_reports_failures_and_skips() -> None:
     assert skip is not None and skip.get("message") == "N/A in profile linux: why"
     assert cases["a.pass"].find("failure") is None
     assert cases["a.fail"].get("classname") == "conformance.linux.a"
+
+
+def test_docs_give_the_catalogue_size() -> None:
+    counted = f"{len(CATALOGUE)} scenarios"
+    assert counted in (REPO / "README.md").read_text(encoding="utf-8")
+    assert counted in (REPO / "docs" / "conformance.md").read_text(encoding="utf-8")
 
 
 def test_list_prints_every_scenario(capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,14 +4,16 @@ have a defined guest answer."""
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 from gsi import codec
-from gsi.constants import PIPE_FLAG_DATA, max_msgsize_for
+from gsi.constants import PIPE_FLAG_DATA, CopyFlags, IcMsgType, Operation, Status, max_msgsize_for
 
 from .model import DROPPED, Context, FsExpect, Scenario, Step, both, gsi_only
-from .steps import complete, data, negotiate, start, writes
+from .steps import complete, data, negotiate, negotiate_echo, one, start, writes
 
 TWO = data(10000, seed=8)
+E_FAIL = int(Status.E_FAIL)
 NOTHING = FsExpect()
 
 
@@ -44,6 +46,22 @@ def _garbage(ctx: Context) -> list[bytes]:
     blob = bytearray(random.Random(12).randbytes(64))
     blob[0] = 0x7E  # pipe flags: never 1
     return [ctx.host.conn.raw(bytes(blob))]
+
+
+def _write_as(operation: int) -> Callable[[Context], bytes]:
+    """The next WRITE of TWO with its operation field corrupted."""
+    def build(ctx: Context) -> bytes:
+        out = bytearray(ctx.host.conn.write(ctx.fragment, TWO[ctx.fragment:2 * ctx.fragment]))
+        codec.U32.pack_into(out, codec.OPERATION_OFFSET, operation)
+        return bytes(out)
+    return build
+
+
+def _start_as_negotiate(ctx: Context) -> bytes:
+    out = bytearray(ctx.host.conn.start_copy(file_name="f.bin", path_name=ctx.dir,
+                                             flags=CopyFlags.CREATE_PATH, file_size=10))
+    codec.U16.pack_into(out, codec.PEEK_OFFSET, IcMsgType.NEGOTIATE)
+    return bytes(out)
 
 
 def _framing(id: str, title: str, header: Step) -> Scenario:
@@ -95,4 +113,25 @@ FAULTS = (
              "answer", steps=(*_pipelined_open_copy(),
                               Step(label="64 B garbage", build=_garbage, expect=DROPPED)),
              fs=gsi_only(NOTHING), rule="docs/faults.md garbage"),
+    Scenario(id="fault.write-as-complete", title="a WRITE whose operation reads COMPLETE "
+             "while bytes are missing: 0x80004005, nothing committed", steps=(
+                 negotiate(), start("f.bin", len(TWO)),
+                 writes(TWO[:6144], label="WRITE 6144 B"),
+                 one("WRITE with operation 2", _write_as(Operation.COMPLETE_FCOPY), E_FAIL),
+                 complete(E_FAIL)),
+             fs=gsi_only(NOTHING), na={"linux": "the Linux daemon commits on any COMPLETE"},
+             rule="docs/faults.md corrupt operation"),
+    Scenario(id="fault.write-as-start", title="a WRITE whose operation reads START: an empty "
+             "name (0x80070057), the open copy aborted", steps=(
+                 negotiate(), start("f.bin", len(TWO)),
+                 writes(TWO[:6144], label="WRITE 6144 B"),
+                 one("WRITE with operation 0", _write_as(Operation.START_FILE_COPY),
+                     int(Status.INVALIDARG)), complete(E_FAIL)),
+             fs=gsi_only(NOTHING), na={"linux": "the Linux daemon does not check names"},
+             rule="docs/faults.md corrupt operation"),
+    Scenario(id="fault.start-as-negotiate", title="a START whose icmsgtype reads NEGOTIATE: "
+             "read as one (no common version)", steps=(
+                 negotiate(), one("START with icmsgtype 0", _start_as_negotiate, E_FAIL,
+                                  echo_rule=negotiate_echo(None))),
+             fs=both(NOTHING), rule="docs/faults.md corrupt icmsgtype"),
 )

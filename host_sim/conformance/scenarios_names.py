@@ -33,6 +33,7 @@ NOT_FOUND = int(Status.PATH_NOT_FOUND)
 LINUX_NAMES = "the Linux daemon does not check names (PROTOCOL.md 5.2)"
 LINUX_UNSAFE = "the Linux daemon does not sanitise '..', absolute paths or symlinks " \
                "(PROTOCOL.md 5.2)"
+LINUX_SPECIAL = "the Linux daemon opens whatever the target is (PROTOCOL.md 5.2)"
 LINUX_TRUNC = "the Linux daemon truncates the old file at START (PROTOCOL.md 5.2)"
 
 OLD = data(500, seed=5)
@@ -122,6 +123,10 @@ NAMES = (
              fs=both(FsExpect(files={f"{'d' * 100}/{'e' * 100}/f.bin": SMALL})), rule="5.2"),
 )
 
+def _fifo_target(where: Path, outside: Path) -> None:
+    os.mkfifo(where / "f.bin")
+
+
 OVERWRITE = (
     Scenario(id="overwrite.exists", title="an existing target without OVER_WRITE: "
              "0x80070050 at START, old file kept", steps=(
@@ -149,6 +154,13 @@ OVERWRITE = (
              "access denied", steps=(negotiate(), *copy("x", SMALL, sub="d/"),
                                      start("d", 10, FORCE, DENIED)),
              fs=both(FsExpect(files={"d/x": SMALL})), rule="section 8"),
+    Scenario(id="overwrite.fifo", title="a FIFO target exists without OVER_WRITE (never "
+             "opened)", steps=(negotiate(), start("f.bin", 10, NONE, EXISTS)),
+             setup=_fifo_target, na={"linux": LINUX_SPECIAL}, rule="section 8"),
+    Scenario(id="overwrite.fifo-force", title="with OVER_WRITE the commit replaces a "
+             "FIFO target", steps=(negotiate(), *copy("f.bin", NEW, FORCE)),
+             fs=both(FsExpect(files={"f.bin": NEW})), setup=_fifo_target,
+             na={"linux": LINUX_SPECIAL}, rule="section 8"),
 )
 
 CREATE_PATH = (
