@@ -21,7 +21,7 @@ import trio
 
 from gsi.constants import DATA_FRAGMENT, ICMSG_HDR_END, WRITE_HEADER_SIZE
 from gsi.errors import GsiError
-from gsi.transports import connect
+from gsi.transports import TransportError, connect
 
 from ..client import RECEIVE_SIZE, HostClient, open_host
 from ..protocol import Answer
@@ -32,6 +32,7 @@ from .model import (
     Context,
     Expected,
     FsExpect,
+    Outcome,
     Result,
     Scenario,
     Step,
@@ -245,27 +246,32 @@ def _skip_reason(sc: Scenario, run: _Run) -> str | None:
     return None
 
 
+async def _prepare(sc: Scenario, run: _Run) -> dict[str, bytes | str]:
+    """Run the scenario's filesystem setup; a snapshot of the directory outside the root."""
+    if sc.setup is not None and run.guest_root is not None and run.outside is not None:
+        where = run.guest_root / run.run_name / sc.id
+        await trio.to_thread.run_sync(functools.partial(where.mkdir, parents=True,
+                                                        exist_ok=True))
+        await trio.to_thread.run_sync(sc.setup, where, run.outside)
+    if run.outside is None:
+        return {}
+    return await trio.to_thread.run_sync(_snapshot, run.outside)
+
+
 async def run_scenario(sc: Scenario, run: _Run) -> Result:
-    def result(outcome: str, observed: str, started: float) -> Result:
+    def result(outcome: Outcome, observed: str) -> Result:
         expected = "N/A" if run.profile in sc.na else sc.expected(run.profile)
         return Result(id=sc.id, title=sc.title, sent=sc.sent(), expected=expected,
-                      observed=observed,
-                      outcome=outcome, seconds=time.perf_counter() - started)  # type: ignore[arg-type]
+                      observed=observed, outcome=outcome,
+                      seconds=time.perf_counter() - started)
 
     started = time.perf_counter()
     reason = _skip_reason(sc, run)
     if reason is not None:
-        return result("SKIP", reason, started)
-    if sc.setup is not None and run.guest_root is not None:
-        where = run.guest_root / run.run_name / sc.id
-        await trio.to_thread.run_sync(functools.partial(where.mkdir, parents=True,
-                                                        exist_ok=True))
-        assert run.outside is not None
-        await trio.to_thread.run_sync(sc.setup, where, run.outside)
-    before = {} if run.outside is None else await trio.to_thread.run_sync(_snapshot,
-                                                                          run.outside)
+        return result("SKIP", reason)
     observed: list[str] = []
     try:
+        before = await _prepare(sc, run)
         with trio.move_on_after(run.timeout) as scope:
             async with open_host(run.url, fragment_size=run.max_fragment) as host:
                 ctx = Context(host=host, dir=f"/{run.run_name}/{sc.id}/",
@@ -276,8 +282,8 @@ async def run_scenario(sc: Scenario, run: _Run) -> Result:
         fs = await _check_fs(sc, run, ctx, before)
     except (ScenarioFailed, GsiError, OSError) as exc:
         shown = " ".join(observed)
-        return result("FAIL", f"{shown + ': ' if shown else ''}{exc}", started)
-    return result("PASS", " ".join(observed) + fs, started)
+        return result("FAIL", f"{shown + ': ' if shown else ''}{exc}")
+    return result("PASS", " ".join(observed) + fs)
 
 
 async def check(url: str, *, profile: str = "gsi", guest_root: str | os.PathLike[str] | None = None,
@@ -288,13 +294,15 @@ async def check(url: str, *, profile: str = "gsi", guest_root: str | os.PathLike
 
     Raises:
         ValueError: an unknown profile.
-        gsi.transports.TransportError / OSError: nobody answers at ``url``.
+        gsi.transports.TransportError: nobody answers at ``url`` (within ``timeout``).
     """
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r} (choose from {', '.join(PROFILES)})")
     chosen = select(list(CATALOGUE if scenarios is None else scenarios), only)
-    with trio.fail_after(timeout):
+    with trio.move_on_after(timeout) as probing:
         probe = await connect(url)
+    if probing.cancelled_caught:
+        raise TransportError(f"cannot connect to {url}: no answer within {timeout:g} s")
     await trio.aclose_forcefully(probe)
     root = Path(guest_root) if guest_root is not None else None
     outside = Path(tempfile.mkdtemp(prefix="gsi-check-outside-")) if root is not None else None

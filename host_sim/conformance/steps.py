@@ -18,7 +18,6 @@ from gsi.constants import (
     WRITE_HEADER_SIZE,
     CopyFlags,
     IcMsgType,
-    Operation,
     Version,
 )
 from gsi.names import encode_name
@@ -190,5 +189,3 @@ def operation_only(op: int, label: str, expect: PerProfile, *,
     return one(label, lambda ctx: fcopy_raw(ctx, codec.build_fcopy_header(op)), expect,
                echo_rule=echo if check_echo else None)
 
-
-OPS = Operation
