@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 EGG_CFG := $(VENV)/egg-info.cfg
 PIP_EDITABLE := DIST_EXTRA_CONFIG=$(abspath $(EGG_CFG)) $(PY) -m pip install --quiet -e
 
-.PHONY: demo test lint package-check bench bench-quick clean
+.PHONY: demo test lint conformance package-check bench bench-quick clean
 
 $(STAMP): pyproject.toml gsi/_version.py
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# host-sim check against gsi-receiver in both profiles (docs/conformance.md).
+conformance: $(STAMP)
+	.ci/conformance
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check gsi host_sim tests benchmarks

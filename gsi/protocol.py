@@ -73,6 +73,8 @@ from .ranges import RangeLimitExceeded, ReceivedRanges
 _NAMES_OFFSET = ICMSG_HDR_END + FCOPY_HDR_SIZE
 _START_TAIL = ICMSG_HDR_END + FCOPY_HDR_SIZE + 2 * NAME_FIELD_SIZE
 _WRITE_DATA = codec.WRITE_DATA_OFFSET
+MAX_FILE_OFFSET: Final = (1 << 63) - 1
+"""The largest file offset (off_t): a larger file_size is an invalid argument."""
 
 
 class GuestState(enum.Enum):
@@ -381,6 +383,10 @@ class GuestConnection:
         if not file_name or "/" in file_name:
             self._reject(payload, tid, Status.INVALIDARG,
                          f"START: file_name {file_name!r} is empty or contains '/'", operation=op)
+        elif file_size > MAX_FILE_OFFSET:
+            self._reject(payload, tid, Status.INVALIDARG,
+                         f"START: file_size {file_size} exceeds the largest file offset",
+                         operation=op)
         elif file_size > self.max_file_size:
             self._reject(payload, tid, Status.INVALIDARG,
                          f"START: file_size {file_size} exceeds the maximum {self.max_file_size}",

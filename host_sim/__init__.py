@@ -3,7 +3,8 @@
 :class:`HostConnection` is the sans-IO host side; :class:`HostClient`,
 :func:`open_host` and :func:`copy_vm_file` drive it over any gsi transport.
 :class:`FaultyHost` and :func:`faulty_copy` apply a :class:`FaultPlan` to copies
-(``docs/faults.md``).
+(``docs/faults.md``). :func:`run_checks` runs the conformance catalogue against any
+receiver (``docs/conformance.md``).
 
 The names below are imported on first use (PEP 562, :mod:`gsi._lazy`):
 ``host_sim.protocol`` loads without trio, and ``import host_sim`` works on Windows.
@@ -16,6 +17,7 @@ from gsi._version import __version__ as __version__
 
 if TYPE_CHECKING:
     from .client import CopyResult, HostClient, copy_vm_file, explain_status, open_host
+    from .conformance import Result, run_checks
     from .fault_plan import FaultPlan, FaultReport, parse_fault
     from .faults import FaultyHost, faulty_copy
     from .protocol import MAX_WINDOW, Answer, HostConnection
@@ -29,16 +31,19 @@ __all__ = [
     "FaultyHost",
     "HostClient",
     "HostConnection",
+    "Result",
     "copy_vm_file",
     "explain_status",
     "faulty_copy",
     "open_host",
     "parse_fault",
+    "run_checks",
 ]
 
 _EXPORTS = {
     **dict.fromkeys(["CopyResult", "HostClient", "copy_vm_file", "explain_status",
                      "open_host"], ".client"),
+    **dict.fromkeys(["Result", "run_checks"], ".conformance"),
     **dict.fromkeys(["FaultPlan", "FaultReport", "parse_fault"], ".fault_plan"),
     **dict.fromkeys(["FaultyHost", "faulty_copy"], ".faults"),
     **dict.fromkeys(["MAX_WINDOW", "Answer", "HostConnection"], ".protocol"),

@@ -23,6 +23,7 @@ from gsi.errors import CopyFailed, GsiError
 from gsi.transports import TransportError, parse_url
 
 from .client import CopyResult, HostClient, Progress, open_host
+from .conformance import cli as check_cli
 from .fault_cli import run_cli as run_faulty
 from .fault_plan import Fault, FaultSpecError, parse_fault
 from .protocol import MAX_WINDOW
@@ -133,6 +134,7 @@ def _build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
                    "(default 1.0,3.0; what a Windows host offers is unconfirmed)")
     c.add_argument("--message-versions", type=_versions, default=HOST_FCOPY_VERSIONS,
                    metavar="LIST", help="fcopy message versions offered (default 1.1)")
+    check_cli.add_parser(sub)
     return p, c
 
 
@@ -193,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    if args.command == "check":
+        return check_cli.run(args)
     if len(args.paths) < 2:
         copy_parser.error("copy needs at least one SOURCE and a DEST_DIR")
     *source_names, dest = args.paths

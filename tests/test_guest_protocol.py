@@ -555,7 +555,9 @@ def test_file_size_limit() -> None:
     rejected(send(guest, start_request(file_size=1001)), INVALIDARG)
     assert only(send(guest, start_request(file_size=1000)), StartCopy).file_size == 1000
     big = negotiated()
-    assert only(send(big, start_request(file_size=(1 << 64) - 1)), StartCopy)
+    assert only(send(big, start_request(file_size=(1 << 63) - 1)), StartCopy)
+    for size in (1 << 63, (1 << 64) - 1):  # above the largest file offset
+        rejected(send(negotiated(), start_request(file_size=size)), INVALIDARG)
 
 
 @pytest.mark.parametrize("status", [Status.DISK_FULL, Status.E_FAIL, 0x8007000E])
