@@ -157,7 +157,7 @@ def _create_file(directory: Path, stem: str) -> BinaryIO:
     for n in range(1000):
         name = f"{stem}{'' if n == 0 else f'-{n}'}{SUFFIX}"
         try:
-            return (directory / name).open("xb")
+            return (directory / name).open("xb", buffering=0)
         except FileExistsError:
             continue
     raise FileExistsError(f"no free trace file name for {stem} in {directory}")
@@ -216,7 +216,10 @@ class TraceRecorder:
         if self._file is None:
             self._file = _create_file(self.directory, self.stem)
             self.path = Path(self._file.name)
-        self._file.write(chunk)
+        view = memoryview(chunk)
+        while view:  # unbuffered: what a flush wrote is in the file
+            written = self._file.write(view)
+            view = view[written or 0:]
 
     async def aclose(self) -> None:
         """Record the receiver's end of the connection, write everything, close."""
