@@ -25,6 +25,7 @@ from __future__ import annotations
 import enum
 import json
 import logging
+import os
 import struct
 import time
 from collections.abc import Mapping
@@ -152,14 +153,17 @@ def trace_file_stem(started_unix_ns: int, number: int) -> str:
     return f"{stamp:%Y%m%dT%H%M%S.%f}Z-{number:06d}"
 
 
-def _create_file(directory: Path, stem: str) -> BinaryIO:
-    """A new file (never an existing one) for the trace: ``stem.trace``, else ``stem-N``."""
+def _create_file(directory: Path, stem: str) -> tuple[BinaryIO, Path]:
+    """A new file (never an existing one, never through a symlink) for the trace,
+    ``stem.trace``, else ``stem-N.trace``; mode 0600: a trace holds the copied data."""
     for n in range(1000):
-        name = f"{stem}{'' if n == 0 else f'-{n}'}{SUFFIX}"
+        path = directory / f"{stem}{'' if n == 0 else f'-{n}'}{SUFFIX}"
         try:
-            return (directory / name).open("xb", buffering=0)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                         | getattr(os, "O_CLOEXEC", 0), 0o600)
         except FileExistsError:
             continue
+        return os.fdopen(fd, "wb", buffering=0), path
     raise FileExistsError(f"no free trace file name for {stem} in {directory}")
 
 
@@ -214,12 +218,10 @@ class TraceRecorder:
     def _write(self, chunk: bytearray) -> None:
         """Worker thread: create the file on first use, append."""
         if self._file is None:
-            self._file = _create_file(self.directory, self.stem)
-            self.path = Path(self._file.name)
+            self._file, self.path = _create_file(self.directory, self.stem)
         view = memoryview(chunk)
         while view:  # unbuffered: what a flush wrote is in the file
-            written = self._file.write(view)
-            view = view[written or 0:]
+            view = view[self._file.write(view):]
 
     async def aclose(self) -> None:
         """Record the receiver's end of the connection, write everything, close."""

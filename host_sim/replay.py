@@ -203,8 +203,8 @@ async def replay_stream(stream: trio.abc.Stream, plan: ReplayPlan, *,
     async with trio.open_nursery() as nursery:
         nursery.start_soon(answers.run)
         try:
-            await _send(stream, plan, answers, report, timeout)
-            if plan.host_eof or answers.closed:
+            eof_sent = await _send(stream, plan, answers, report, timeout)
+            if eof_sent or answers.closed:
                 await answers.wait(math.inf, timeout)
             else:
                 await answers.wait(len(plan.answers), timeout)
@@ -217,21 +217,23 @@ async def replay_stream(stream: trio.abc.Stream, plan: ReplayPlan, *,
 
 
 async def _send(stream: trio.abc.Stream, plan: ReplayPlan, answers: _Answers,
-                report: ReplayReport, timeout: float) -> None:
+                report: ReplayReport, timeout: float) -> bool:
+    """Send everything, paced; whether the host's end of stream was sent."""
     for message, wait_for in zip(plan.messages, plan.wait_for, strict=True):
         if not await answers.wait(wait_for, timeout):
-            return
+            return False
         await stream.send_all(message)
         report.sent += 1
     if plan.tail:
         if not await answers.wait(plan.tail_wait, timeout):
-            return
+            return False
         await stream.send_all(plan.tail)
-    if plan.host_eof:
+    if plan.host_eof and isinstance(stream, trio.abc.HalfCloseableStream):
         if not await answers.wait(len(plan.answers), timeout):
-            return
-        if isinstance(stream, trio.abc.HalfCloseableStream):
-            await stream.send_eof()
+            return False
+        await stream.send_eof()
+        return True
+    return False
 
 
 async def replay(trace: Trace, url: str, *, status_only: bool = False,

@@ -147,6 +147,7 @@ async def test_recorder_flushes_in_chunks(tmp_path: Path) -> None:
     await traced.send_all(b"b" * 200)
     assert await right.receive_some(1000) == b"b" * 200
     assert recorder.path is not None
+    assert recorder.path.stat().st_mode & 0o777 == 0o600
     on_disk = parse_trace(recorder.path.read_bytes())
     assert [r.data for r in on_disk.records] == [b"a" * 10, b"b" * 200]
     await traced.send_eof()

@@ -114,6 +114,13 @@ async def test_replay_cli_exit_status(tmp_path: Path) -> None:
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "0 differences" in ok.stdout
     assert again.returncode == 1
+    with short_tempdir() as tmp:
+        async with open_guest(tmp / "root") as guest:
+            loose = await trio.to_thread.run_sync(
+                _cli, "replay", str(TRACES / "trimmed_echo.trace"), "--to", guest.url,
+                "--status-only")
+    assert loose.returncode == 0, loose.stdout + loose.stderr
+    assert "recorded with receiver options trim_write_echo=True" in loose.stdout
     assert "answer #1 (to START_FILE_COPY): icmsg_hdr.status: recorded 0x00000000" in again.stdout
 
 
