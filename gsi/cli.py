@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import platform
 import signal
 import sys
@@ -108,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--transport-mode", choices=list(TRANSPORT_MODES), default="auto",
                    help="hyperv:// listeners only: trio's native socket listener, a "
                         "thread-backed one, or auto (probe; default)")
+    p.add_argument("--trace", type=Path, default=None, metavar="DIR",
+                   help="record each connection's bytes, both directions, into a new file "
+                        "in DIR (docs/traces.md; host-sim trace/replay read them)")
     p.add_argument("--log-level", default="INFO",
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="log level on stderr (default %(default)s)")
@@ -122,7 +126,7 @@ def config_from_args(args: argparse.Namespace) -> ReceiverConfig:
         grace_period=args.grace_period, preallocate=args.preallocate,
         check_free_space=not args.no_free_space_check,
         trim_write_echo=args.trim_write_echo, linux_status_codes=args.linux_status_codes,
-        linux_create_path=args.linux_create_path)
+        linux_create_path=args.linux_create_path, trace=args.trace)
 
 
 async def run(config: ReceiverConfig, urls: list[str], native: bool | None = None) -> None:
@@ -189,6 +193,11 @@ def main(argv: list[str] | None = None) -> int:
     root: Path = args.root
     if not root.is_dir():
         print(f"gsi-receiver: --root {root} is not an existing directory", file=sys.stderr)
+        return 2
+    if args.trace is not None and not (args.trace.is_dir()
+                                       and os.access(args.trace, os.W_OK | os.X_OK)):
+        print(f"gsi-receiver: --trace {args.trace} is not a writable directory",
+              file=sys.stderr)
         return 2
     try:
         for url in args.listen:

@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import errno
 import logging
+import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import trio
 
 from .constants import DATA_FRAGMENT, GUEST_FCOPY_VERSIONS, GUEST_FRAMEWORK_VERSIONS, Version
+from .errors import GsiError
 from .paths import describe_oserror
 from .protocol import GuestConnection
 from .session import CopyRecord, Session
 from .sink import FileSink
+from .trace import TraceRecorder, TraceStream, trace_file_stem
 
 log = logging.getLogger("gsi.receiver")
 
@@ -53,6 +57,9 @@ class ReceiverConfig:
             allocated at START).
         max_ranges: disjoint byte ranges one copy may have received (out-of-order WRITEs);
             beyond it the WRITE is refused (0x80070057) and the copy ends.
+        trace: a directory where each connection's bytes are recorded, one file per
+            connection (docs/traces.md); None records nothing. A traced connection holds
+            up to 1 MiB more (its record buffer).
 
     Memory bound, whatever a host sends: a connection holds at most one received chunk
     (``receive_size``), the framer's unparsed bytes (< ``receive_size`` + M, M being the
@@ -85,6 +92,7 @@ class ReceiverConfig:
     receive_size: int = 256 * 1024
     write_buffer: int = 1 << 20
     max_ranges: int = 16384
+    trace: Path | None = None
 
 
 @dataclass(slots=True)
@@ -198,13 +206,36 @@ class Receiver:
                             len(self._sessions))
                 await trio.aclose_forcefully(stream)
                 continue
+            peer = _peer_name(stream, self.stats.connections)
+            if self.config.trace is not None:
+                stream = self._traced(stream, peer, listener)
             session = Session(stream, self.sink, self._new_connection(),
                               idle_timeout=self.config.idle_timeout,
                               receive_size=self.config.receive_size,
-                              peer=_peer_name(stream, self.stats.connections),
+                              peer=peer,
                               on_record=self.stats.add)
             self._sessions.add(session)
             sessions.start_soon(self._run_session, session)
+
+    def _traced(self, stream: trio.abc.Stream, peer: str,
+                listener: trio.abc.Listener[trio.abc.Stream]) -> TraceStream:
+        """The stream wrapped in a recorder writing to a new file in ``config.trace``."""
+        from . import __version__
+        from .transports import listener_url
+
+        assert self.config.trace is not None
+        try:
+            url = listener_url(listener)
+        except (TypeError, GsiError, OSError):
+            url = "?"
+        started = time.time_ns()
+        metadata = {"format": "gsi-trace", "peer": peer, "listener": url,
+                    "receiver": f"gsi-receiver {__version__}",
+                    "start_time": datetime.fromtimestamp(started / 1e9, UTC).isoformat(),
+                    "start_unix_ns": started, "options": trace_options(self.config)}
+        recorder = TraceRecorder(self.config.trace,
+                                 trace_file_stem(started, self.stats.connections), metadata)
+        return TraceStream(stream, recorder)
 
     async def _run_session(self, session: Session) -> None:
         try:
@@ -214,6 +245,31 @@ class Receiver:
         finally:
             self._sessions.discard(session)
             self._connections_done.set()
+
+
+TRACE_OPTIONS = ("max_fragment", "max_file_size", "trim_write_echo", "linux_status_codes",
+                 "linux_create_path", "check_free_space", "max_ranges",
+                 "framework_versions", "message_versions")
+"""ReceiverConfig fields that change answers: a trace records them so that a replay can
+run a receiver configured the same way."""
+
+
+def trace_options(config: ReceiverConfig) -> dict[str, object]:
+    """The answer-changing options of ``config``, as JSON values."""
+    return {name: [list(v) for v in value] if name.endswith("_versions") else value
+            for name in TRACE_OPTIONS for value in [getattr(config, name)]}
+
+
+def config_options(options: dict[str, Any]) -> dict[str, Any]:
+    """:func:`trace_options` back to ReceiverConfig keyword arguments (unknown keys are
+    left out: a newer receiver may record more)."""
+    out: dict[str, Any] = {}
+    for name in TRACE_OPTIONS:
+        if name in options:
+            value = options[name]
+            out[name] = (tuple(tuple(v) for v in value) if name.endswith("_versions")
+                         else value)
+    return out
 
 
 def _peer_name(stream: trio.abc.Stream, number: int) -> str:

@@ -27,6 +27,8 @@ from .conformance import cli as check_cli
 from .fault_cli import run_cli as run_faulty
 from .fault_plan import Fault, FaultSpecError, parse_fault
 from .protocol import MAX_WINDOW
+from .trace_cli import add_trace_commands
+from .tree_cli import add_tree_options, run_tree_copy
 
 TRANSPORT_MODES: dict[str, bool | None] = {"auto": None, "native": True, "threaded": False}
 """``--transport-mode`` -> the ``native`` argument of ``gsi.transports.connect``."""
@@ -135,6 +137,8 @@ def _build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     c.add_argument("--message-versions", type=_versions, default=HOST_FCOPY_VERSIONS,
                    metavar="LIST", help="fcopy message versions offered (default 1.1)")
     check_cli.add_parser(sub)
+    add_tree_options(c)
+    add_trace_commands(sub)
     return p, c
 
 
@@ -197,10 +201,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     if args.command == "check":
         return check_cli.run(args)
+    if args.command != "copy":
+        return int(args.handler(args))
     if len(args.paths) < 2:
         copy_parser.error("copy needs at least one SOURCE and a DEST_DIR")
     *source_names, dest = args.paths
     sources = [Path(s) for s in source_names]
+    if args.recursive or args.follow_symlinks:
+        return run_tree_copy(copy_parser, args, sources, dest)
     if args.name is not None and len(sources) > 1:
         copy_parser.error("--name works with one SOURCE only")
     if args.destination_is_file:
