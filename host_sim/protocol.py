@@ -34,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import struct
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Any
 
 from gsi import codec
@@ -51,7 +50,6 @@ from gsi.constants import (
     IcFlags,
     IcMsgType,
     Operation,
-    Status,
     Version,
     max_msgsize_for,
 )
@@ -59,6 +57,10 @@ from gsi.errors import LocalProtocolError, RemoteProtocolError
 from gsi.events import NEED_DATA, NeedData
 from gsi.framing import Framer
 from gsi.names import encode_name
+
+from .answers import Answer, Reply, Request, WriteRange
+
+__all__ = ["MAX_WINDOW", "Answer", "HostConnection", "Reply", "Request"]
 
 MAX_WINDOW = 255
 _RESPONSE = int(IcFlags.RESPONSE)  # a plain int: IntFlag arithmetic costs a microsecond
@@ -68,79 +70,6 @@ _ANSWER_HEAD = struct.Struct("<II12xIBB")
 icflags (25)."""
 _HEAD = _ANSWER_HEAD.size
 _TID_OFFSET = 24
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Answer:
-    """A guest answer paired with the request it answers.
-
-    Attributes:
-        kind: the request: "negotiate", or an :class:`Operation` name for fcopy.
-        status: the guest's HRESULT.
-        size: data bytes the request carried (WRITE), else 0.
-        framework_version / message_version: chosen versions (NEGOTIATE success).
-        payload: the whole answer as received.
-    """
-
-    transaction_id: int
-    kind: str
-    status: int
-    size: int = 0
-    framework_version: Version | None = None
-    message_version: Version | None = None
-    payload: bytes = field(repr=False, default=b"")
-
-    @property
-    def ok(self) -> bool:
-        return self.status == Status.S_OK
-
-
-@dataclass(slots=True)
-class Request:
-    """A request in flight.
-
-    Attributes:
-        transaction_id: its id; -1 for raw bytes sent without one.
-        kind: "negotiate", an :class:`Operation` name, or the kind given to ``raw``.
-        size: data bytes (WRITE), else 0.
-        tag: what the host attached with :meth:`HostConnection.amend_last`, else None.
-    """
-
-    transaction_id: int
-    kind: str
-    size: int = 0
-    tag: Any = None
-
-
-class _Range:
-    """Pipelined full-size WRITEs in flight: ``count`` consecutive ids from ``first``."""
-
-    __slots__ = ("count", "first")
-
-    def __init__(self, first: int) -> None:
-        self.first = first
-        self.count = 0
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Reply:
-    """An answer paired loosely (:meth:`HostConnection.next_reply`).
-
-    Attributes:
-        request: the request it answers; None when nothing was in flight.
-        matched: its transaction id is that request's (False: none in flight has it, so
-            it was paired with the oldest, or nothing was in flight).
-        lost: requests older than the one it answers, given up: the guest answers in
-            order, so they never will be.
-        payload: the whole answer as received.
-    """
-
-    transaction_id: int
-    status: int
-    request: Request | None
-    matched: bool
-    lost: tuple[Request, ...] = ()
-    payload: bytes = field(repr=False, default=b"")
 
 
 class HostConnection:
@@ -153,19 +82,23 @@ class HostConnection:
             zero-padded, as the real host does (else trimmed to 52 + size).
         max_msgsize: the largest answer accepted (pipe ``msgsize``); default: the
             framing maximum for ``fragment_size``.
+        max_in_flight: requests in flight at most; None: no limit, for a host that sends
+            without reading answers (ids then repeat, and only :meth:`next_reply` pairs).
     """
 
     def __init__(self, *, fragment_size: int = DATA_FRAGMENT, full_write_body: bool = True,
-                 max_msgsize: int | None = None) -> None:
+                 max_msgsize: int | None = None, max_in_flight: int | None = MAX_WINDOW,
+                 ) -> None:
         if fragment_size < 1:
             raise ValueError("fragment_size must be at least 1")
         self.fragment_size = fragment_size
         self.full_write_body = full_write_body
         self._framer = Framer(max_msgsize_for(fragment_size) if max_msgsize is None
                               else max_msgsize)
-        self._in_flight: deque[Request | _Range] = deque()
+        self._in_flight: deque[Request | WriteRange] = deque()
         self._count = 0
-        self._tail: _Range | None = None
+        self._limit = max_in_flight if max_in_flight is not None else 1 << 62
+        self._tail: WriteRange | None = None
         """The youngest entry, while it is a range the next full-size WRITE extends."""
         self._next_tid = 0
         self._padding = bytes(fragment_size)
@@ -194,8 +127,8 @@ class HostConnection:
     # -- requests --------------------------------------------------------------
 
     def _record(self, request: Request) -> None:
-        if self._count >= MAX_WINDOW:
-            raise LocalProtocolError(f"at most {MAX_WINDOW} requests may be in flight")
+        if self._count >= self._limit:
+            raise LocalProtocolError(f"at most {self._limit} requests may be in flight")
         self._in_flight.append(request)
         self._count += 1
         self._tail = None
@@ -281,14 +214,14 @@ class HostConnection:
         step = length if stride is None else stride
         if count < 1 or step < length:
             raise ValueError(f"bad count {count} or stride {step} (WRITEs are {length} bytes)")
-        if self._count + count > MAX_WINDOW:
+        if self._count + count > min(self._limit, MAX_WINDOW):
             raise LocalProtocolError(f"at most {MAX_WINDOW} requests may be in flight")
         template = self._template or self._make_template()
         frag, tid, head = self.fragment_size, self._next_tid, len(template)
         pack, fields = codec.WRITE_FIELDS.pack_into, codec.WRITE_FIELDS_OFFSET
         run = self._tail
         if run is None:
-            run = self._tail = _Range(tid)
+            run = self._tail = WriteRange(tid)
             self._in_flight.append(run)
         for _ in range(count):
             buf[pos:pos + head] = template
@@ -353,7 +286,7 @@ class HostConnection:
         if not self._in_flight:
             raise LocalProtocolError("no request in flight to withdraw")
         entry = self._in_flight[-1]
-        if isinstance(entry, _Range) and entry.count > 1:
+        if isinstance(entry, WriteRange) and entry.count > 1:
             entry.count -= 1
         else:
             self._in_flight.pop()
@@ -390,7 +323,7 @@ class HostConnection:
             those are checked in place and never come out of :meth:`next_answer`.
         """
         if self._skip or self._head or (
-                self._in_flight and type(self._in_flight[0]) is _Range
+                self._in_flight and type(self._in_flight[0]) is WriteRange
                 and not self._framer.buffered and not self._framer.at_eof):
             return self._take_range_answers(data)
         self._framer.feed(data)
@@ -417,7 +350,7 @@ class HostConnection:
         unpack, limit = _ANSWER_HEAD.unpack_from, self._framer.max_msgsize
         while pos < end and self._in_flight:
             run = self._in_flight[0]
-            if type(run) is not _Range:
+            if type(run) is not WriteRange:
                 break
             tid, left, n = run.first, run.count, 0
             while n < left:
@@ -447,7 +380,7 @@ class HostConnection:
     def _advance(self, n: int) -> None:
         """``n`` answers to the range of pipelined WRITEs at the head were taken."""
         run = self._in_flight[0]
-        assert isinstance(run, _Range)
+        assert isinstance(run, WriteRange)
         run.first = (run.first + n) & 0xFF
         run.count -= n
         self._count -= n
