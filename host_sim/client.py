@@ -87,6 +87,10 @@ class HostClient:
                                    full_write_body=full_write_body)
         self.fragment_size = fragment_size
         self.negotiated = False
+        # On a socket, answers are received into one reused buffer (the connection
+        # copies what it keeps); other streams hand out fresh bytes.
+        self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
+        self._received = memoryview(bytearray(RECEIVE_SIZE if self._socket else 0))
 
     async def aclose(self) -> None:
         await self.stream.aclose()
@@ -117,13 +121,16 @@ class HostClient:
             self.conn.receive_data(await self.receive())
         return answer
 
-    async def receive(self) -> bytes | bytearray:
-        """The next bytes received (``b""``: the guest closed the stream).
+    async def receive(self) -> bytes | bytearray | memoryview:
+        """The next bytes received (empty: the guest closed the stream), valid until the
+        next call.
 
         Raises:
             CopyFailed: the connection was lost.
         """
         try:
+            if self._socket is not None:
+                return self._received[:await self._socket.recv_into(self._received)]
             return await self.stream.receive_some(RECEIVE_SIZE)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise CopyFailed(f"connection lost: {exc}") from exc

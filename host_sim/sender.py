@@ -111,14 +111,15 @@ class DataSender:
 
     Args:
         send: sends bytes (raises CopyFailed when the connection is lost).
-        receive: the next received bytes (``b""``: closed; raises CopyFailed).
+        receive: the next received bytes (empty: closed; raises CopyFailed), valid until
+            the next call.
         poll: the next answer already received, or None (raises CopyFailed when the
             guest broke the protocol).
         check: raises CopyFailed for a failure answer.
     """
 
     def __init__(self, conn: HostConnection, *, send: Callable[[memoryview], Awaitable[None]],
-                 receive: Callable[[], Awaitable[bytes | bytearray]],
+                 receive: Callable[[], Awaitable[bytes | bytearray | memoryview]],
                  poll: Callable[[], Answer | None], check: Callable[[Answer, str], None]) -> None:
         self.conn = conn
         self._send = send
