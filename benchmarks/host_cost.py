@@ -10,7 +10,7 @@ number of WRITEs. The answerer runs in its own process, so its CPU is not counte
 With ``--compare DIR`` the same driver also runs from another source tree (``DIR`` first
 on ``PYTHONPATH``, e.g. ``git archive``'s export of an older commit), repetitions
 interleaved with this tree's, so the two figures come from the same run of a machine
-whose load drifts.
+whose load drifts; the ratio is the median of the per-repetition ratios.
 
     python -m benchmarks.host_cost [--window 64] [--size-mib 64] [--reps 5] [--compare DIR]
 """
@@ -91,9 +91,11 @@ def main(argv: list[str] | None = None) -> int:
                 rate = [v[1] for v in values]
                 print(f"  echo-{echo:<5} {name:<28} {statistics.median(cpu):6.2f} µs/WRITE "
                       f"({min(cpu):.2f}-{max(cpu):.2f})  {statistics.median(rate):7.1f} MB/s")
-            if len(runs) == 2:
-                old, new = (statistics.median(v[0] for v in values) for values in runs.values())
-                print(f"  echo-{echo:<5} ratio this tree / {args.compare}: {new / old:.2f}")
+            if len(runs) == 2:  # each repetition's pair, as in the suite's ratios
+                old, new = runs.values()
+                ratios = [b[0] / a[0] for a, b in zip(old, new, strict=True)]
+                print(f"  echo-{echo:<5} ratio this tree / {args.compare}: "
+                      f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})")
     return 0
 
 
