@@ -148,10 +148,11 @@ class FaultyHost:
                 raise ValueError("a bytes source needs a name")
         else:
             name = name if name is not None else os.path.basename(os.fspath(source))
-        encode_name(name), encode_name(dest_dir)  # refuse bad names before connecting
         flags = (CopyFlags.CREATE_PATH if create_full_path else CopyFlags.NONE) | (
             CopyFlags.OVER_WRITE if force else CopyFlags.NONE)
         with _Source(source) as src:
+            for text in (name, dest_dir):
+                encode_name(text)  # refuse a bad name before connecting
             start = {"file_name": name, "path_name": dest_dir, "flags": flags,
                      "file_size": src.size}
             started = time.perf_counter()
@@ -393,12 +394,13 @@ class _Source:
     """The bytes to copy: given, or read from a file with ``pread``."""
 
     def __init__(self, source: bytes | str | os.PathLike[str]) -> None:
-        self._data: bytes | None = source if isinstance(source, bytes) else None
+        self._data: bytes | None = None
         self._fd: int | None = None
-        if self._data is None:
-            assert not isinstance(source, bytes)
+        if isinstance(source, bytes):
+            self._data, self.size = source, len(source)
+        else:
             self._fd = os.open(source, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        self.size = len(self._data) if self._data is not None else os.fstat(self._fd or 0).st_size
+            self.size = os.fstat(self._fd).st_size
 
     def read(self, offset: int, length: int) -> bytes:
         if self._data is not None:
