@@ -77,11 +77,12 @@ class _Window:
             self._changed.set()
 
 
-def read_slots(f: io.RawIOBase, chunk: _Chunk, stride: int, fragment: int) -> None:
+def read_slots(f: io.RawIOBase, chunk: _Chunk, stride: int, fragment: int,
+               size: int) -> None:
     """Read ``chunk.count`` fragments from ``chunk.offset`` into the chunk's data slots.
 
     Raises:
-        CopyFailed: the source ended early.
+        CopyFailed: the source ended before ``size`` bytes.
         OSError: it cannot be read.
     """
     view = memoryview(chunk.buf)
@@ -96,8 +97,8 @@ def read_slots(f: io.RawIOBase, chunk: _Chunk, stride: int, fragment: int) -> No
         else:
             got = f.readinto(slots[first]) or 0
         if not got:
-            missing = sum(len(s) for s in slots[first:])
-            raise CopyFailed(f"the source shrank while it was read ({missing} bytes missing)")
+            raise CopyFailed(f"the source shrank while it was read ({size - offset} bytes "
+                             "missing)")
         offset += got
         while got and got >= len(slots[first]):
             got -= len(slots[first])
@@ -149,7 +150,7 @@ class DataSender:
                     chunk.offset = first * frag
                     chunk.count = min(per_chunk, fragments - first)
                     chunk.last = min(frag, size - (first + chunk.count - 1) * frag)
-                    await trio.to_thread.run_sync(read_slots, f, chunk, stride, frag)
+                    await trio.to_thread.run_sync(read_slots, f, chunk, stride, frag, size)
                     await full_in.send(chunk)
 
         async def send_writes() -> None:

@@ -164,11 +164,11 @@ def test_a_source_that_shrank(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     source.write_bytes(b"x" * 250)
     stride = 80 + 100
     chunk = _Chunk(bytearray(3 * stride), offset=0, count=3, last=100)
-    with source.open("rb", buffering=0) as f, pytest.raises(CopyFailed, match="50 bytes"):
-        read_slots(f, chunk, stride, 100)
+    with source.open("rb", buffering=0) as f, pytest.raises(CopyFailed, match="1050 bytes"):
+        read_slots(f, chunk, stride, 100, 1300)  # the file was to hold 1300 bytes
     chunk = _Chunk(bytearray(b"\xee" * 3 * stride), offset=0, count=3, last=50)
     with source.open("rb", buffering=0) as f:
-        read_slots(f, chunk, stride, 100)
+        read_slots(f, chunk, stride, 100, 250)
     assert [bytes(chunk.buf[i * stride + 80:i * stride + 180]) for i in range(2)] == [
         b"x" * 100] * 2
     assert chunk.buf[2 * stride + 80:2 * stride + 130] == b"x" * 50
