@@ -186,3 +186,19 @@ async def test_answers_checked_in_place_count_as_answers(tmp_path: Path) -> None
                 answer = await host.request(host.conn.cancel())  # no copy open now
                 assert isinstance(answer, Answer) and answer.transaction_id is not None
         assert guest.path("/c").read_bytes() == source.read_bytes()
+
+
+async def test_a_source_that_shrinks_during_the_copy(tmp_path: Path) -> None:
+    """At most three buffers are read ahead: cut to 1 MiB after the first answer, a
+    10 MiB source ends before the reader does."""
+    source = tmp_path / "source.bin"
+    source.write_bytes(bytes(10 << 20))
+
+    def shrink(done: int, size: int) -> None:
+        if source.stat().st_size == size:
+            os.truncate(source, 1 << 20)
+
+    async with open_guest(tmp_path / "root") as guest:
+        with trio.fail_after(30), pytest.raises(CopyFailed, match="shrank"):
+            await copy_vm_file(guest.url, source, "/", window=64, progress=shrink)
+        assert not guest.path("/source.bin").exists()
