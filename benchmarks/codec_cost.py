@@ -15,6 +15,9 @@ Rows:
           fast:      ``HostConnection.write`` (prefix pack + one join)
   host    fast:      ``HostConnection.write`` + pairing its (trimmed) answer with
                      ``receive_data`` + ``next_answer``, compared with construct building
+  in place           ``HostConnection.writes_into`` (the pipelined sender's builder,
+                     data already in the buffer), and the same with the 64 trimmed
+                     answers checked in place by ``receive_data``
 """
 
 from __future__ import annotations
@@ -98,17 +101,48 @@ def construct_build() -> Callable[[], object]:
 
 
 def host_write() -> Callable[[], object]:
-    """HOST_BATCH writes per call; the window (255) is emptied between batches by
-    clearing the in-flight queue directly (a deque clear: negligible per write)."""
+    """HOST_BATCH writes per call; the window (255) is emptied between batches with
+    ``abandon_in_flight`` (one list of the records: negligible per write)."""
     host = HostConnection()
-    in_flight = host._in_flight
 
     def run() -> object:
         write = host.write
         for _ in range(HOST_BATCH):
             write(OFFSET, DATA)
-        in_flight.clear()
+        host.abandon_in_flight()
         return None
+    return run
+
+
+def host_writes_into() -> Callable[[], object]:
+    """HOST_BATCH WRITEs built in place (``writes_into``, the pipelined sender's path)
+    in a preallocated buffer, their data already in the slots; window emptied as above."""
+    host = HostConnection()
+    buf = memoryview(bytearray(HOST_BATCH * host.write_length))
+
+    def run() -> object:
+        host.writes_into(buf, 0, OFFSET, HOST_BATCH)
+        host.abandon_in_flight()
+        return None
+    return run
+
+
+def host_pipelined_round() -> Callable[[], object]:
+    """64 WRITEs built in place and their 64 trimmed answers checked in place
+    (``receive_data`` taking them at fixed offsets), per call."""
+    host = HostConnection()
+    buf = memoryview(bytearray(64 * host.write_length))
+    table = _answers()
+    rounds = [b"".join(table[(first + i) & 0xFF] for i in range(64))
+              for first in range(0, 256, 64)]  # the ids advance by 64 per round
+    turn = [0]
+
+    def run() -> object:
+        host.writes_into(buf, 0, OFFSET, 64)
+        taken = host.receive_data(rounds[turn[0]])
+        turn[0] = (turn[0] + 1) % len(rounds)
+        assert taken == 64
+        return taken
     return run
 
 
@@ -156,12 +190,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     c_build = t(construct_build())
     f_write = t(host_write(), HOST_BATCH)
     f_host = t(host_write_and_answer())
+    f_into = t(host_writes_into(), HOST_BATCH)
+    f_round = t(host_pipelined_round(), 64)
 
     rows = [
         ("parse WRITE (codec.peek + write_fields)", c_parse, f_parse),
         ("guest core per WRITE (receive+event+answer)", c_parse, f_guest),
         ("build WRITE (HostConnection.write)", c_build, f_write),
         ("host per WRITE (write + pair its answer)", c_build, f_host),
+        ("build WRITE in place (writes_into)", c_build, f_into),
+        ("host per WRITE, pipelined (in place + check)", c_build, f_round),
     ]
     print(f"µs per {len(message)}-byte WRITE message, best of {args.repeat}")
     print(f"{'operation':<46} {'construct':>10} {'fast':>9} {'ratio':>7}")

@@ -98,13 +98,15 @@ class Server:
         self._log.close()
 
 
-def run_json(argv: list[str], log: Path, timeout: float = 1800) -> tuple[dict[str, Any], float]:
-    """Run a program that prints one JSON object last; (that object, its CPU seconds)."""
+def run_json(argv: list[str], log: Path, timeout: float = 1800,
+             env: dict[str, str] | None = None) -> tuple[dict[str, Any], float]:
+    """Run a program that prints one JSON object last; (that object, its CPU seconds).
+    ``env``: the program's environment (default: this one's)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with log.open("ab") as err:
         done = subprocess.run(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=err,
                               stdin=subprocess.DEVNULL, timeout=timeout, check=False,
-                              preexec_fn=_pin("client"))
+                              preexec_fn=_pin("client"), env=env)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         raise ServerError(f"{' '.join(argv[:4])}... exited {done.returncode} (see {log})")

@@ -4,20 +4,19 @@
 copies files one after another, like repeated Copy-VMFile calls. A copy is START,
 the file in fragments, COMPLETE. With ``window=1`` exactly one request is in flight
 at a time, like the real host; a larger window pipelines WRITEs. Reading the source
-(in a worker thread), sending and reading answers overlap, and memory stays bounded
-by the window and two read-ahead chunks.
+(in a worker thread), sending and reading answers overlap (:mod:`host_sim.sender`),
+and memory stays bounded by three buffers of about 1 MiB of requests.
 """
 
 from __future__ import annotations
 
-import math
+import io
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import trio
 
@@ -34,14 +33,11 @@ from gsi.errors import CopyFailed, ProtocolError
 from gsi.transports import connect
 
 from .protocol import MAX_WINDOW, Answer, HostConnection
+from .sender import DataSender, Progress
 
-Progress = Callable[[int, int], None]
-"""Called with (bytes acknowledged, file size) after each batch of answers."""
+__all__ = ["CopyResult", "HostClient", "Progress", "copy_vm_file", "explain_status", "open_host"]
 
-READ_AHEAD_CHUNKS = 2
 RECEIVE_SIZE = 256 * 1024
-LARGE_FRAGMENT = 64 * 1024
-"""From this fragment size on, WRITE data goes out without being joined to its header."""
 
 _HINTS = {
     Status.ALREADY_EXISTS: "use --force to overwrite",
@@ -91,6 +87,10 @@ class HostClient:
                                    full_write_body=full_write_body)
         self.fragment_size = fragment_size
         self.negotiated = False
+        # On a socket, answers are received into one reused buffer (the connection
+        # copies what it keeps); other streams hand out fresh bytes.
+        self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
+        self._received = memoryview(bytearray(RECEIVE_SIZE if self._socket else 0))
 
     async def aclose(self) -> None:
         await self.stream.aclose()
@@ -118,12 +118,22 @@ class HostClient:
         while (answer := self.poll_answer()) is None:
             if self.conn.closed:
                 raise CopyFailed("the guest closed the connection")
-            try:
-                data = await self.stream.receive_some(RECEIVE_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                raise CopyFailed(f"connection lost: {exc}") from exc
-            self.conn.receive_data(data)
+            self.conn.receive_data(await self.receive())
         return answer
+
+    async def receive(self) -> bytes | bytearray | memoryview:
+        """The next bytes received (empty: the guest closed the stream), valid until the
+        next call.
+
+        Raises:
+            CopyFailed: the connection was lost.
+        """
+        try:
+            if self._socket is not None:
+                return self._received[:await self._socket.recv_into(self._received)]
+            return await self.stream.receive_some(RECEIVE_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise CopyFailed(f"connection lost: {exc}") from exc
 
     async def send(self, message: bytes | bytearray | memoryview) -> None:
         try:
@@ -188,74 +198,12 @@ class HostClient:
             raise CopyFailed(f"{what} refused: {explain_status(answer.status)}",
                              status=answer.status)
 
-    async def _send_data(self, f: BinaryIO, size: int, window: int,
+    async def _send_data(self, f: io.RawIOBase, size: int, window: int,
                          progress: Progress | None) -> None:
-        fragments = math.ceil(size / self.fragment_size)
-        if fragments == 0:
-            return
-        chunk_size = self.fragment_size * max(1, (1 << 20) // self.fragment_size)
-        chunks_in, chunks_out = trio.open_memory_channel[bytes](READ_AHEAD_CHUNKS)
-        window_state = _Window(window)
-
-        async def read_source() -> None:
-            async with chunks_in:
-                left = size
-                while left:
-                    chunk = await trio.to_thread.run_sync(f.read, min(chunk_size, left))
-                    if not chunk:
-                        raise CopyFailed(f"the source shrank while it was read ({left} bytes "
-                                         "missing)")
-                    left -= len(chunk)
-                    await chunks_in.send(chunk)
-
-        async def send_fragments() -> None:
-            conn, frag, offset = self.conn, self.fragment_size, 0
-            # Small fragments: every request of a batch joined once (one copy, one send);
-            # large ones: each buffer sent as it is (the data is never copied).
-            gather = frag < LARGE_FRAGMENT
-            async with chunks_out:
-                async for chunk in chunks_out:
-                    view, pos = memoryview(chunk), 0
-                    while pos < len(view):
-                        credits = await window_state.take()
-                        parts: list[bytes | memoryview] = []
-                        requests = 0
-                        for _ in range(credits):
-                            piece = view[pos:pos + frag]
-                            if not piece:
-                                break
-                            parts.extend(conn.write_parts(offset, piece))
-                            requests += 1
-                            offset += len(piece)
-                            pos += len(piece)
-                        window_state.give_back(credits - requests)
-                        if gather:
-                            await self.send(b"".join(parts))
-                        else:
-                            for part in parts:
-                                await self.send(part)
-
-        async def read_answers() -> None:
-            done = acknowledged = 0
-            while done < fragments:
-                answer: Answer | None = await self.next_answer()
-                batch = 0
-                # Take every answer already received before waking the sender.
-                while answer is not None:
-                    self._check(answer, "WRITE")
-                    acknowledged += answer.size
-                    batch += 1
-                    answer = self.poll_answer() if done + batch < fragments else None
-                done += batch
-                window_state.give_back(batch)
-                if progress is not None:
-                    progress(acknowledged, size)
-
+        sender = DataSender(self.conn, send=self.send, receive=self.receive,
+                            poll=self.poll_answer, check=self._check)
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(read_source)
-                nursery.start_soon(send_fragments)
-                nursery.start_soon(read_answers)
+            await sender.run(f, size, window, progress)
         except BaseExceptionGroup as group:
             # trio wraps a task's error in an ExceptionGroup; copy_file documents (and the
             # CLI catches) CopyFailed / OSError themselves, so surface the first of them.
@@ -266,26 +214,6 @@ class HostClient:
             while isinstance(first, BaseExceptionGroup):
                 first = first.exceptions[0]
             raise first from None
-
-
-class _Window:
-    """Credits for requests in flight; the sender takes all that are free at once."""
-
-    def __init__(self, size: int) -> None:
-        self._free = size
-        self._changed = trio.Event()
-
-    async def take(self) -> int:
-        while self._free == 0:
-            await self._changed.wait()
-            self._changed = trio.Event()
-        taken, self._free = self._free, 0
-        return taken
-
-    def give_back(self, credits: int) -> None:
-        if credits:
-            self._free += credits
-            self._changed.set()
 
 
 @asynccontextmanager

@@ -4,7 +4,8 @@ A SPEC is ``KIND[:KEY=VALUE[,KEY=VALUE...]]``; :func:`parse_fault` turns one int
 :class:`Fault` and ``fault.spec()`` turns it back. Most faults act at a :class:`Point` of a
 copy: ``negotiate``, ``start``, ``write:N`` (the N-th WRITE as sent, from 0; a bare ``N``
 means the same) or ``complete``. ``docs/faults.md`` lists every kind with what the
-receiver is expected to do; :mod:`host_sim.faults` applies a plan to copies.
+receiver is expected to do; :mod:`host_sim.faults` applies a plan to copies and
+:mod:`host_sim.fault_report` says what happened (its names are importable from here too).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Any, ClassVar
 from gsi import codec
 from gsi.constants import ICMSG_HDR_END
 from gsi.errors import GsiError
+
+from .fault_report import OUTCOMES, AnswerRecord, FaultReport, IdleRecord
 
 __all__ = [
     "FIELDS",
@@ -429,80 +432,3 @@ class FaultPlan:
 
     def __str__(self) -> str:
         return " ".join(f.spec() for f in self.faults) or "(no faults)"
-
-
-# -- the report ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AnswerRecord:
-    """One answer: the step it answers (kind ``cancel`` for a CANCEL, ``raw`` for bytes
-    that were not a planned message), its status, and what it echoed."""
-
-    point: Point | None
-    kind: str
-    status: int
-    transaction_id: int
-    echoed_operation: int | None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class IdleRecord:
-    closed_by_guest: bool
-    seconds: float
-
-
-OUTCOMES = ("committed", "refused", "cancelled", "abandoned", "host-closed", "guest-closed",
-            "timeout", "incomplete")
-"""How a faulty copy ended. ``incomplete``: everything was sent and answered, nothing
-committed (e.g. ``keep-going`` after a refusal)."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class FaultReport:
-    """What happened to one faulty copy."""
-
-    target: str
-    size: int
-    outcome: str
-    committed: bool | None
-    applied: tuple[str, ...]
-    skipped: tuple[str, ...]
-    answers: tuple[AnswerRecord, ...]
-    lost: int
-    """Fully sent requests that were never answered."""
-    unexpected: int
-    """Answers no outstanding request matched by transaction id."""
-    guest_closed: bool
-    bytes_sent: int
-    messages_sent: int
-    seconds: float
-    idle: tuple[IdleRecord, ...] = ()
-
-    def status(self, point: Point | str) -> int | None:
-        """The status of the first answer to a step (``"start"``, ``"write:3"``...)."""
-        point = Point.parse(point) if isinstance(point, str) else point
-        return next((a.status for a in self.answers if a.point == point), None)
-
-    def statuses(self, kind: str) -> list[int]:
-        """The statuses of every answer to steps of one kind (``"write"``, ``"cancel"``)."""
-        return [a.status for a in self.answers if a.kind == kind]
-
-    def __str__(self) -> str:
-        committed = {True: "yes", False: "no", None: "unknown"}[self.committed]
-        counts: dict[tuple[str, int], int] = {}
-        for a in self.answers:
-            counts[a.kind, a.status] = counts.get((a.kind, a.status), 0) + 1
-        answers = ", ".join(f"{k}x{n} 0x{s:08X}" if n > 1 else f"{k} 0x{s:08X}"
-                            for (k, s), n in counts.items())
-        text = (f"fault copy -> {self.target}: {self.outcome} (committed: {committed}); "
-                f"applied: {' '.join(self.applied) or '-'}")
-        if self.skipped:
-            text += f"; not reached: {' '.join(self.skipped)}"
-        text += f"; answers: {answers or '-'}"
-        if self.lost:
-            text += f"; {self.lost} request(s) never answered"
-        if self.idle:
-            closed = sum(r.closed_by_guest for r in self.idle)
-            text += f"; idle connections closed by the guest: {closed}/{len(self.idle)}"
-        return text
