@@ -11,11 +11,19 @@ requests strictly in arrival order, and whether a WRITE is valid depends on how 
 START before it was answered. The answer is the request echoed byte for byte with
 ``status`` and ``icflags`` changed (plus the negotiate edits, or a trimmed WRITE echo).
 
-States::
+States (every change goes through :func:`next_state`, the one table; the initial state
+is NEGOTIATING)::
 
-    NEGOTIATING --NEGOTIATE ok--> IDLE --START answered 0--> COPYING
-    COPYING --COMPLETE / CANCEL / START / failed WRITE / invalid WRITE--> IDLE
+    NEGOTIATING --NEGOTIATE answered 0--> IDLE --START answered 0--> COPYING
+    COPYING --COMPLETE or CANCEL answered, WRITE answered non-zero--> IDLE
+    COPYING --the core drops the copy itself (CopyAborted: a START while it is open,
+              an invalid WRITE, a COMPLETE before every byte arrived)--> IDLE
     any --end of stream--> CLOSED;  any --framing error--> ERROR
+
+A request's answer moves the state when it is given (the shell's status decides), except
+that the core ends an open copy as soon as it *makes* the event that ends it: the
+:class:`CopyAborted` notice comes out first, so the copy is gone before the request is
+answered.
 
 Requests the core refuses itself come out as :class:`Rejected` (answer them as
 they are). Whenever an open copy must be dropped without a commit, a
@@ -39,6 +47,7 @@ from .constants import (
     ICMSG_HDR_END,
     ICMSG_HDR_SIZE,
     LINUX_STATUSES,
+    MAX_FILE_OFFSET,
     MAX_NEGOTIATE_COUNT,
     NEGOTIATE_FIXED_SIZE,
     START_BODY_SIZE,
@@ -81,6 +90,55 @@ class GuestState(enum.Enum):
     COPYING = "copying"
     CLOSED = "closed"
     ERROR = "error"
+
+
+class Trigger(enum.Enum):
+    """What can move the state: an answer given, or something the core saw itself."""
+
+    NEGOTIATE_ANSWERED = "negotiate answered"
+    START_ANSWERED = "start answered"
+    WRITE_ANSWERED = "write answered"
+    COMPLETE_ANSWERED = "complete answered"
+    CANCEL_ANSWERED = "cancel answered"
+    COPY_ABORTED = "copy aborted"
+    """The core drops the open copy on its own (a CopyAborted notice)."""
+    END_OF_STREAM = "end of stream"
+    FRAMING_ERROR = "framing error"
+
+
+_N, _I, _C = GuestState.NEGOTIATING, GuestState.IDLE, GuestState.COPYING
+_OPEN = (_N, _I, _C)
+
+# (state, trigger) -> (new state if the outcome is 0, new state otherwise). A pair that is
+# missing cannot happen (a bug in the caller): the core never makes such an event.
+_TRANSITIONS: Final[dict[tuple[GuestState, Trigger], tuple[GuestState, GuestState]]] = {
+    (_N, Trigger.NEGOTIATE_ANSWERED): (_I, _N),
+    (_I, Trigger.NEGOTIATE_ANSWERED): (_I, _I),  # a second NEGOTIATE changes nothing
+    (_C, Trigger.NEGOTIATE_ANSWERED): (_C, _C),
+    (_I, Trigger.START_ANSWERED): (_C, _I),  # a START with a copy open aborted it first
+    (_C, Trigger.WRITE_ANSWERED): (_C, _I),  # any non-zero answer ends the copy
+    (_C, Trigger.COMPLETE_ANSWERED): (_I, _I),
+    (_I, Trigger.CANCEL_ANSWERED): (_I, _I),
+    (_C, Trigger.CANCEL_ANSWERED): (_I, _I),
+    (_C, Trigger.COPY_ABORTED): (_I, _I),
+    **{(state, Trigger.END_OF_STREAM): (GuestState.CLOSED,) * 2 for state in _OPEN},
+    **{(state, Trigger.FRAMING_ERROR): (GuestState.ERROR,) * 2
+       for state in (*_OPEN, GuestState.ERROR)},
+}
+
+
+def next_state(state: GuestState, trigger: Trigger, status: int = 0) -> GuestState:
+    """The state after ``trigger`` in ``state`` with outcome ``status`` (0 = success).
+
+    Raises:
+        LocalProtocolError: the trigger cannot happen in that state.
+    """
+    try:
+        ok, failed = _TRANSITIONS[state, trigger]
+    except KeyError:
+        raise LocalProtocolError(f"{trigger.value} cannot happen in state {state.value}"
+                                 ) from None
+    return ok if status == 0 else failed
 
 
 # Enum members the per-fragment path reads, bound once: reading a member off its class
@@ -130,7 +188,6 @@ class GuestConnection:
         self._queue: deque[Event] = deque()
         self._awaiting: RequestEvent | None = None
         self.state = GuestState.NEGOTIATING
-        self._negotiated = False
         self._file_size = 0
         self._ranges = ReceivedRanges(max_ranges)
 
@@ -171,7 +228,7 @@ class GuestConnection:
         try:
             payload = self._framer.next_message()
         except Exception:
-            self.state = GuestState.ERROR
+            self._transition(Trigger.FRAMING_ERROR)
             raise
         if payload is None:
             if not self._framer.at_eof:
@@ -180,7 +237,7 @@ class GuestConnection:
             if self.copy_open:
                 self._queue.append(CopyAborted(reason="connection closed mid-copy"))
             self._queue.append(ConnectionClosed(truncated=truncated))
-            self.state = GuestState.CLOSED
+            self._transition(Trigger.END_OF_STREAM)
             return self._queue.popleft()
         self._dispatch(payload)
         return self._take(self._queue.popleft())
@@ -219,7 +276,11 @@ class GuestConnection:
         if not 0 <= status <= 0xFFFFFFFF:
             raise LocalProtocolError(f"status {status} is not a 32-bit HRESULT")
         self._awaiting = None
-        self._transition(event, status)
+        if isinstance(event, WriteData):  # first: one per fragment
+            if status != _S_OK:  # (a WRITE answered 0 leaves COPYING as it is)
+                self._transition(Trigger.WRITE_ANSWERED, status)
+        elif not isinstance(event, Rejected):
+            self._answered(event, status)
         if self.linux_status_codes and status not in LINUX_STATUSES:
             status = Status.E_FAIL
         start = len(out)
@@ -235,21 +296,22 @@ class GuestConnection:
         if isinstance(event, Negotiate):
             _edit_negotiate_answer(out, start, event)
 
-    def _transition(self, event: RequestEvent, status: int) -> None:
-        if isinstance(event, WriteData):  # first: one per fragment
-            if status != _S_OK:
-                self.state = GuestState.IDLE
-        elif isinstance(event, Negotiate):
-            if status == Status.S_OK and self.state is GuestState.NEGOTIATING:
-                self._negotiated = True
-                self.state = GuestState.IDLE
+    def _transition(self, trigger: Trigger, status: int = 0) -> None:
+        """The only place the state changes (see :func:`next_state`)."""
+        self.state = next_state(self.state, trigger, status)
+
+    def _answered(self, event: RequestEvent, status: int) -> None:
+        if isinstance(event, Negotiate):
+            self._transition(Trigger.NEGOTIATE_ANSWERED, status)
         elif isinstance(event, StartCopy):
-            if status == Status.S_OK:
-                self.state = GuestState.COPYING
+            self._transition(Trigger.START_ANSWERED, status)
+            if status == _S_OK:
                 self._file_size = event.file_size
                 self._ranges = ReceivedRanges(self.max_ranges)
-        elif isinstance(event, CompleteCopy | CancelCopy):
-            self.state = GuestState.IDLE
+        elif isinstance(event, CompleteCopy):
+            self._transition(Trigger.COMPLETE_ANSWERED, status)
+        elif isinstance(event, CancelCopy):
+            self._transition(Trigger.CANCEL_ANSWERED, status)
 
     # -- request validation ----------------------------------------------------
 
@@ -268,7 +330,7 @@ class GuestConnection:
                 ends_copy: bool = False) -> None:
         if ends_copy and self.copy_open:
             self._queue.append(CopyAborted(reason=reason, status=status))
-            self.state = GuestState.IDLE
+            self._transition(Trigger.COPY_ABORTED)
         self._queue.append(Rejected(transaction_id=tid, request=payload, status=status,
                                     reason=reason, icmsgtype=msgtype, operation=operation))
 
@@ -303,7 +365,7 @@ class GuestConnection:
                          framework_version=framework, message_version=message)
 
     def _fcopy(self, payload: bytes, tid: int) -> None:
-        if not self._negotiated:
+        if self.state is GuestState.NEGOTIATING:
             self._reject(payload, tid, Status.E_FAIL, "FCOPY before a successful NEGOTIATE")
             return
         if len(payload) < ICMSG_HDR_END + 4:
@@ -345,9 +407,11 @@ class GuestConnection:
         elif len(payload) < _WRITE_DATA + size:
             reason = (f"WRITE size {size} but only {len(payload) - _WRITE_DATA} data bytes "
                       "in the message")
-        elif offset + size > self._file_size:
+        elif offset + size > self._file_size:  # START allows no file_size above the
             reason = (f"WRITE of {size} bytes at offset {offset} goes beyond file_size "
-                      f"{self._file_size}")
+                      f"{self._file_size}")  # largest file offset, so no WRITE goes there
+            if offset + size > MAX_FILE_OFFSET:
+                reason += f" and the largest file offset {MAX_FILE_OFFSET}"
         else:
             try:
                 # Counted now: a failed answer ends the copy, so the ranges no longer matter.
@@ -365,7 +429,7 @@ class GuestConnection:
         op = Operation.START_FILE_COPY
         if self.copy_open:
             self._queue.append(CopyAborted(reason="a new START arrived while a copy was open"))
-            self.state = GuestState.IDLE
+            self._transition(Trigger.COPY_ABORTED)
         if len(payload) < ICMSG_HDR_END + START_BODY_SIZE:
             self._reject(payload, tid, Status.INVALIDARG,
                          f"START body of {len(payload) - ICMSG_HDR_END} bytes is shorter than "
@@ -381,6 +445,10 @@ class GuestConnection:
         if not file_name or "/" in file_name:
             self._reject(payload, tid, Status.INVALIDARG,
                          f"START: file_name {file_name!r} is empty or contains '/'", operation=op)
+        elif file_size > MAX_FILE_OFFSET:
+            self._reject(payload, tid, Status.INVALIDARG,
+                         f"START: file_size {file_size} exceeds the largest file offset "
+                         f"{MAX_FILE_OFFSET}", operation=op)
         elif file_size > self.max_file_size:
             self._reject(payload, tid, Status.INVALIDARG,
                          f"START: file_size {file_size} exceeds the maximum {self.max_file_size}",

@@ -555,7 +555,31 @@ def test_file_size_limit() -> None:
     rejected(send(guest, start_request(file_size=1001)), INVALIDARG)
     assert only(send(guest, start_request(file_size=1000)), StartCopy).file_size == 1000
     big = negotiated()
-    assert only(send(big, start_request(file_size=(1 << 64) - 1)), StartCopy)
+    assert only(send(big, start_request(file_size=(1 << 63) - 1)), StartCopy)
+
+
+@pytest.mark.parametrize("file_size", [1 << 63, (1 << 64) - 1])
+def test_file_size_above_the_largest_file_offset(file_size: int) -> None:
+    """PROTOCOL.md section 8: a file_size above 2**63 - 1 is invalid, whatever the limit."""
+    guest = negotiated()
+    event = rejected(send(guest, start_request(file_size=file_size)), INVALIDARG)
+    assert "largest file offset" in event.reason
+    assert guest.state is GuestState.IDLE and not guest.copy_open
+
+
+@pytest.mark.parametrize(("offset", "size"), [(1 << 63, 1), ((1 << 63) - 1, 2),
+                                              ((1 << 64) - 1, 2)])
+def test_write_beyond_the_largest_file_offset(offset: int, size: int) -> None:
+    """A WRITE ending above 2**63 - 1 gets 0x80070057 and ends the copy (no overflow in
+    the sink: the largest copy the core opens ends exactly there)."""
+    guest = copying((1 << 63) - 1)
+    trace = send(guest, write_request(offset=offset, data=bytes(size)))
+    event = rejected(trace, INVALIDARG, aborted=True)
+    assert "largest file offset" in event.reason
+    _assert_copy_ended(guest)
+    # The last byte below the limit is still a valid place to write.
+    last = copying((1 << 63) - 1)
+    assert only(send(last, write_request(offset=(1 << 63) - 2, data=b"z")), WriteData)
 
 
 @pytest.mark.parametrize("status", [Status.DISK_FULL, Status.E_FAIL, 0x8007000E])
