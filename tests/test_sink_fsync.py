@@ -102,27 +102,23 @@ def test_no_fsync_when_off(spy: Spy, root: Path) -> None:
     assert spy.calls == []
 
 
-def test_directory_fsync_failure(spy: Spy, root: Path) -> None:
-    """The target is in place but may not be durable: E_FAIL, and the reason says so."""
+@pytest.mark.parametrize("failing", ["file", "directory"])
+def test_fsync_failure(spy: Spy, root: Path, failing: str) -> None:
+    """A failing file fsync commits nothing; a failing directory fsync leaves the target
+    in place but maybe not durable: E_FAIL either way, and the reason says which."""
     spy.fail = lambda kind: OSError(errno.EIO, os.strerror(errno.EIO)) \
-        if kind == "directory" else None
+        if kind == failing else None
     with pytest.raises(SinkError) as info:
         _copy(root, fsync=True, overwrite=False)
-    assert info.value.status == Status.E_FAIL
-    assert "is in place" in info.value.reason and "EIO" in info.value.reason
-    assert [c.kind for c in spy.calls] == ["file", "directory"]
-    assert (root / "d" / "f").read_bytes() == b"hello"
-    assert sorted(p.name for p in (root / "d").iterdir()) == ["f"]  # no temp left
-
-
-def test_file_fsync_failure_commits_nothing(spy: Spy, root: Path) -> None:
-    spy.fail = lambda kind: OSError(errno.EIO, os.strerror(errno.EIO)) \
-        if kind == "file" else None
-    with pytest.raises(SinkError) as info:
-        _copy(root, fsync=True, overwrite=False)
-    assert info.value.status == Status.E_FAIL
-    assert [c.kind for c in spy.calls] == ["file"]
-    assert list((root / "d").iterdir()) == []
+    assert info.value.status == Status.E_FAIL and "EIO" in info.value.reason
+    if failing == "directory":
+        assert "is in place" in info.value.reason
+        assert [c.kind for c in spy.calls] == ["file", "directory"]
+        assert (root / "d" / "f").read_bytes() == b"hello"
+        assert sorted(p.name for p in (root / "d").iterdir()) == ["f"]  # no temp left
+    else:
+        assert [c.kind for c in spy.calls] == ["file"]
+        assert list((root / "d").iterdir()) == []
 
 
 @pytest.mark.parametrize("fsync", [True, False])
