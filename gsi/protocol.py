@@ -2,8 +2,10 @@
 
 Theory of operation
 -------------------
-Bytes go in with :meth:`GuestConnection.receive_data` (``b""`` for end of stream).
-:meth:`GuestConnection.next_event` frames them (:mod:`gsi.framing`), validates each
+Bytes go in with :meth:`GuestConnection.receive_data` (``b""`` for end of stream), or
+whole messages with :meth:`GuestConnection.receive_message` on a packet transport (the
+vmbus ring: the packet length frames the message, the pipe header is not read).
+:meth:`GuestConnection.next_event` frames the bytes (:mod:`gsi.framing`), validates each
 request against PROTOCOL.md sections 5 and 8 and returns one event at a time, or
 :data:`NEED_DATA`. Every request event must be answered with
 :meth:`GuestConnection.answer` before the next event is asked for: the guest handles
@@ -11,10 +13,10 @@ requests strictly in arrival order, and whether a WRITE is valid depends on how 
 START before it was answered. The answer is the request echoed byte for byte with
 ``status`` and ``icflags`` changed (plus the negotiate edits, or a trimmed WRITE echo).
 
-States (every change goes through :func:`next_state`, the one table; the initial state
-is NEGOTIATING)::
+States (every change goes through :func:`gsi.state.next_state`, the one table; the
+initial state is NEGOTIATING)::
 
-    NEGOTIATING --NEGOTIATE answered 0--> IDLE --START answered 0--> COPYING
+    NEGOTIATING --NEGOTIATE answered 0, or resume()--> IDLE --START answered 0--> COPYING
     COPYING --COMPLETE or CANCEL answered, WRITE answered non-zero--> IDLE
     COPYING --the core drops the copy itself (CopyAborted: a START while it is open,
               an invalid WRITE, a COMPLETE before every byte arrived)--> IDLE
@@ -28,11 +30,15 @@ answered.
 Requests the core refuses itself come out as :class:`Rejected` (answer them as
 they are). Whenever an open copy must be dropped without a commit, a
 :class:`CopyAborted` notice comes out first. Nothing here touches a file or socket.
+
+A channel outlives its connections on vmbus (the host negotiates once per channel, a
+receiver session may end): :attr:`GuestConnection.accepted_negotiate` is what a later
+connection on the same channel resumes from (:meth:`GuestConnection.resume`), and
+:func:`failure_answer` answers a request a connection ended without answering.
 """
 
 from __future__ import annotations
 
-import enum
 from collections import deque
 from typing import Final
 
@@ -60,7 +66,7 @@ from .constants import (
     Version,
     max_msgsize_for,
 )
-from .errors import InvalidNameError, LocalProtocolError
+from .errors import FramingError, InvalidNameError, LocalProtocolError
 from .events import (
     NEED_DATA,
     CancelCopy,
@@ -68,6 +74,7 @@ from .events import (
     ConnectionClosed,
     CopyAborted,
     Event,
+    MessageDropped,
     NeedData,
     Negotiate,
     Rejected,
@@ -78,67 +85,13 @@ from .events import (
 from .framing import Framer
 from .names import NAME_FIELD_SIZE, decode_name
 from .ranges import RangeLimitExceeded, ReceivedRanges
+from .state import GuestState, Trigger, next_state
+
+__all__ = ["GuestConnection", "GuestState", "failure_answer"]
 
 _NAMES_OFFSET = ICMSG_HDR_END + FCOPY_HDR_SIZE
 _START_TAIL = ICMSG_HDR_END + FCOPY_HDR_SIZE + 2 * NAME_FIELD_SIZE
 _WRITE_DATA = codec.WRITE_DATA_OFFSET
-
-
-class GuestState(enum.Enum):
-    NEGOTIATING = "negotiating"
-    IDLE = "idle"
-    COPYING = "copying"
-    CLOSED = "closed"
-    ERROR = "error"
-
-
-class Trigger(enum.Enum):
-    """What can move the state: an answer given, or something the core saw itself."""
-
-    NEGOTIATE_ANSWERED = "negotiate answered"
-    START_ANSWERED = "start answered"
-    WRITE_ANSWERED = "write answered"
-    COMPLETE_ANSWERED = "complete answered"
-    CANCEL_ANSWERED = "cancel answered"
-    COPY_ABORTED = "copy aborted"
-    """The core drops the open copy on its own (a CopyAborted notice)."""
-    END_OF_STREAM = "end of stream"
-    FRAMING_ERROR = "framing error"
-
-
-_N, _I, _C = GuestState.NEGOTIATING, GuestState.IDLE, GuestState.COPYING
-_OPEN = (_N, _I, _C)
-
-# (state, trigger) -> (new state if the outcome is 0, new state otherwise). A pair that is
-# missing cannot happen (a bug in the caller): the core never makes such an event.
-_TRANSITIONS: Final[dict[tuple[GuestState, Trigger], tuple[GuestState, GuestState]]] = {
-    (_N, Trigger.NEGOTIATE_ANSWERED): (_I, _N),
-    (_I, Trigger.NEGOTIATE_ANSWERED): (_I, _I),  # a second NEGOTIATE changes nothing
-    (_C, Trigger.NEGOTIATE_ANSWERED): (_C, _C),
-    (_I, Trigger.START_ANSWERED): (_C, _I),  # a START with a copy open aborted it first
-    (_C, Trigger.WRITE_ANSWERED): (_C, _I),  # any non-zero answer ends the copy
-    (_C, Trigger.COMPLETE_ANSWERED): (_I, _I),
-    (_I, Trigger.CANCEL_ANSWERED): (_I, _I),
-    (_C, Trigger.CANCEL_ANSWERED): (_I, _I),
-    (_C, Trigger.COPY_ABORTED): (_I, _I),
-    **{(state, Trigger.END_OF_STREAM): (GuestState.CLOSED,) * 2 for state in _OPEN},
-    **{(state, Trigger.FRAMING_ERROR): (GuestState.ERROR,) * 2
-       for state in (*_OPEN, GuestState.ERROR)},
-}
-
-
-def next_state(state: GuestState, trigger: Trigger, status: int = 0) -> GuestState:
-    """The state after ``trigger`` in ``state`` with outcome ``status`` (0 = success).
-
-    Raises:
-        LocalProtocolError: the trigger cannot happen in that state.
-    """
-    try:
-        ok, failed = _TRANSITIONS[state, trigger]
-    except KeyError:
-        raise LocalProtocolError(f"{trigger.value} cannot happen in state {state.value}"
-                                 ) from None
-    return ok if status == 0 else failed
 
 
 # Enum members the per-fragment path reads, bound once: reading a member off its class
@@ -186,6 +139,12 @@ class GuestConnection:
         self.linux_status_codes = linux_status_codes
         self._framer = Framer(max_msgsize_for(max_fragment))
         self._queue: deque[Event] = deque()
+        self._messages: deque[bytes] = deque()
+        self._message_error: FramingError | None = None
+        # A packet holds its message padded to 8 bytes (PROTOCOL.md section 7).
+        self._max_message = (8 + self._framer.max_msgsize + 7) // 8 * 8
+        self.accepted_negotiate: bytes | None = None
+        """The last NEGOTIATE request answered 0 (or resumed from)."""
         self._awaiting: RequestEvent | None = None
         self.state = GuestState.NEGOTIATING
         self._file_size = 0
@@ -197,10 +156,51 @@ class GuestConnection:
         """Feed received bytes; ``b""`` means the host closed the stream."""
         self._framer.feed(data)
 
+    def receive_message(self, payload: bytes | bytearray | memoryview) -> None:
+        """Feed one whole message: a packet's payload on a packet transport (the vmbus
+        ring), padding included; ``b""`` means the channel closed.
+
+        The packet's length frames the message: the pipe header's fields are not read, as
+        in the Linux daemons (PROTOCOL.md section 7). The answer echoes the whole payload.
+        A message above the framing maximum (padding allowed) is a framing error; one too
+        short to answer comes out as :class:`MessageDropped`.
+
+        Raises:
+            LocalProtocolError: mixed with :meth:`receive_data`, or fed after the end.
+        """
+        if self._framer.buffered or self._framer.at_eof:
+            raise LocalProtocolError("receive_message after receive_data or the end of "
+                                     "the stream")
+        if not payload:
+            self._framer.feed(b"")
+        else:
+            self._messages.append(bytes(payload))
+
+    def resume(self, negotiate_request: bytes) -> bool:
+        """Take over a NEGOTIATE that an earlier connection on this channel accepted
+        (:attr:`accepted_negotiate`): on vmbus the host negotiates once per channel open.
+        Nothing is answered; returns whether this core accepts it too (else nothing
+        changes).
+
+        Raises:
+            LocalProtocolError: not a fresh connection.
+        """
+        if self.state is not GuestState.NEGOTIATING or self._awaiting or self._queue:
+            raise LocalProtocolError("resume() is for a fresh connection only")
+        if (len(negotiate_request) < ICMSG_HDR_END
+                or codec.peek(negotiate_request)[0] != IcMsgType.NEGOTIATE):
+            return False
+        event = self._negotiate(negotiate_request, codec.peek(negotiate_request)[1])
+        if event.status != _S_OK:
+            return False
+        self._transition(Trigger.RESUMED)
+        self.accepted_negotiate = negotiate_request
+        return True
+
     @property
     def buffered(self) -> int:
         """Bytes received and not yet turned into events."""
-        return self._framer.buffered
+        return self._framer.buffered + sum(map(len, self._messages))
 
     @property
     def copy_open(self) -> bool:
@@ -225,6 +225,9 @@ class GuestConnection:
             return self._take(self._queue.popleft())
         if self.state is _CLOSED:
             return ConnectionClosed()
+        if self._messages or self._message_error is not None:
+            self._dispatch_message()
+            return self._take(self._queue.popleft())
         try:
             payload = self._framer.next_message()
         except Exception:
@@ -243,9 +246,25 @@ class GuestConnection:
         return self._take(self._queue.popleft())
 
     def _take(self, event: Event) -> Event:
-        if not isinstance(event, (CopyAborted, ConnectionClosed)):
+        if not isinstance(event, (CopyAborted, ConnectionClosed, MessageDropped)):
             self._awaiting = event
         return event
+
+    def _dispatch_message(self) -> None:
+        """The next whole message (receive_message) into the queue."""
+        if self._message_error is None:
+            payload = self._messages.popleft()
+            if len(payload) < ICMSG_HDR_END:
+                self._queue.append(MessageDropped(size=len(payload)))
+                return
+            if len(payload) <= self._max_message:
+                self._dispatch(payload)
+                return
+            self._messages.clear()
+            self._message_error = FramingError(
+                f"a {len(payload)}-byte message exceeds the maximum {self._max_message}")
+        self._transition(Trigger.FRAMING_ERROR)
+        raise self._message_error
 
     # -- output --------------------------------------------------------------
 
@@ -297,12 +316,14 @@ class GuestConnection:
             _edit_negotiate_answer(out, start, event)
 
     def _transition(self, trigger: Trigger, status: int = 0) -> None:
-        """The only place the state changes (see :func:`next_state`)."""
+        """The only place the state changes (see :func:`gsi.state.next_state`)."""
         self.state = next_state(self.state, trigger, status)
 
     def _answered(self, event: RequestEvent, status: int) -> None:
         if isinstance(event, Negotiate):
             self._transition(Trigger.NEGOTIATE_ANSWERED, status)
+            if status == _S_OK:
+                self.accepted_negotiate = event.request
         elif isinstance(event, StartCopy):
             self._transition(Trigger.START_ANSWERED, status)
             if status == _S_OK:
@@ -469,6 +490,18 @@ class GuestConnection:
         else:
             self._queue.append(CompleteCopy(transaction_id=tid, request=payload,
                                             file_size=self._file_size))
+
+
+def failure_answer(request: bytes) -> bytes | None:
+    """The answer to a request its connection ended without answering (a vmbus session
+    that ended: the host waits for every answer): the request echoed with 0x80004005 and
+    icflags 0x05; None when it is too short to carry a status."""
+    if len(request) < ICMSG_HDR_END:
+        return None
+    out = bytearray(request)
+    codec.U32.pack_into(out, STATUS_OFFSET, Status.E_FAIL)
+    out[ICFLAGS_OFFSET] = GUEST_ICFLAGS
+    return bytes(out)
 
 
 def _edit_negotiate_answer(out: bytearray, start: int, event: Negotiate) -> None:

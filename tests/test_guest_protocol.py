@@ -53,6 +53,7 @@ from wire_helpers import (
 )
 
 import gsi.protocol
+import gsi.state
 from gsi import layouts
 from gsi.constants import ICMSG_HDR_END, LINUX_STATUSES, CopyFlags, Status
 from gsi.errors import FramingError, LocalProtocolError, ProtocolError
@@ -69,7 +70,8 @@ from gsi.events import (
     StartCopy,
     WriteData,
 )
-from gsi.protocol import GuestConnection, GuestState, Trigger, next_state
+from gsi.protocol import GuestConnection, GuestState
+from gsi.state import Trigger, next_state
 from host_sim.protocol import Answer, HostConnection
 
 E_FAIL = int(Status.E_FAIL)
@@ -1175,6 +1177,7 @@ def test_transition_table() -> None:
 def test_state_assigned_in_one_place() -> None:
     """Every change of ``state`` goes through next_state (besides the initial value)."""
     source = inspect.getsource(gsi.protocol)
+    assert "self.state =" not in inspect.getsource(gsi.state)
     assert source.count("self.state = ") == 2
     assert "self.state = GuestState.NEGOTIATING" in source
     assert "self.state = next_state(" in source
