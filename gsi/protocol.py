@@ -18,7 +18,7 @@ initial state is NEGOTIATING)::
 
     NEGOTIATING --NEGOTIATE answered 0, or resume()--> IDLE --START answered 0--> COPYING
     COPYING --COMPLETE or CANCEL answered, WRITE answered non-zero--> IDLE
-    COPYING --the core drops the copy itself (CopyAborted: a START while it is open,
+    COPYING --the core drops the copy itself (CopyAborted: e.g. a START while it is open,
               an invalid WRITE, a COMPLETE before every byte arrived)--> IDLE
     any --end of stream--> CLOSED;  any --framing error--> ERROR
 
