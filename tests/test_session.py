@@ -395,10 +395,15 @@ async def test_grace_period(autojump_clock: trio.testing.MockClock, root: Path,
             await host.until_closed()
             closed = trio.current_time()
     assert receiver.active_connections == 0
+    (record,) = receiver.stats.last_records
     if finish:
         assert closed - asked == pytest.approx(grace * 0.9)
         assert (root / "t.bin").read_bytes() == DATA
+        assert (record.outcome, record.received) == ("committed", len(DATA))
     else:
         assert closed - asked == pytest.approx(grace)
         assert (root / "t.bin").read_bytes() == b"old"
+        assert (record.outcome, record.target, record.received, record.size) == (
+            "failed", "/t.bin", 6144, len(DATA))
+        assert record.reason == "the session ended with the copy open"
     assert sorted(p.name for p in root.iterdir()) == ["t.bin"]  # no temp file left
