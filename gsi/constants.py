@@ -15,6 +15,9 @@ W_MAX_PATH: Final = 260
 DATA_FRAGMENT: Final = 6144
 """Stock fragment size: data bytes in one WRITE_TO_FILE."""
 
+MAX_FILE_OFFSET: Final = (1 << 63) - 1
+"""The largest file offset (``off_t``): a larger ``file_size`` or WRITE end is invalid."""
+
 PIPE_HDR_SIZE: Final = 8
 ICMSG_HDR_SIZE: Final = 20
 ICMSG_HDR_END: Final = PIPE_HDR_SIZE + ICMSG_HDR_SIZE

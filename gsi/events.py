@@ -201,6 +201,22 @@ class ConnectionClosed:
     truncated: int = 0
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MessageDropped:
+    """A whole message (a packet, :meth:`~gsi.protocol.GuestConnection.receive_message`)
+    too short to hold the 28 header bytes: it cannot be answered. Needs no answer.
+
+    Attributes:
+        size: the message's length in bytes.
+    """
+
+    size: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.size < 28:
+            raise ValueError(f"a {self.size}-byte message can be answered")
+
+
 Event = Negotiate | StartCopy | WriteData | CompleteCopy | CancelCopy | Rejected | \
-    CopyAborted | ConnectionClosed
+    CopyAborted | ConnectionClosed | MessageDropped
 RequestEvent = Negotiate | StartCopy | WriteData | CompleteCopy | CancelCopy | Rejected

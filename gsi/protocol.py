@@ -2,8 +2,10 @@
 
 Theory of operation
 -------------------
-Bytes go in with :meth:`GuestConnection.receive_data` (``b""`` for end of stream).
-:meth:`GuestConnection.next_event` frames them (:mod:`gsi.framing`), validates each
+Bytes go in with :meth:`GuestConnection.receive_data` (``b""`` for end of stream), or
+whole messages with :meth:`GuestConnection.receive_message` on a packet transport (the
+vmbus ring: the packet length frames the message, the pipe header is not read).
+:meth:`GuestConnection.next_event` frames the bytes (:mod:`gsi.framing`), validates each
 request against PROTOCOL.md sections 5 and 8 and returns one event at a time, or
 :data:`NEED_DATA`. Every request event must be answered with
 :meth:`GuestConnection.answer` before the next event is asked for: the guest handles
@@ -11,20 +13,32 @@ requests strictly in arrival order, and whether a WRITE is valid depends on how 
 START before it was answered. The answer is the request echoed byte for byte with
 ``status`` and ``icflags`` changed (plus the negotiate edits, or a trimmed WRITE echo).
 
-States::
+States (every change goes through :func:`gsi.state.next_state`, the one table; the
+initial state is NEGOTIATING)::
 
-    NEGOTIATING --NEGOTIATE ok--> IDLE --START answered 0--> COPYING
-    COPYING --COMPLETE / CANCEL / START / failed WRITE / invalid WRITE--> IDLE
+    NEGOTIATING --NEGOTIATE answered 0, or resume()--> IDLE --START answered 0--> COPYING
+    COPYING --COMPLETE or CANCEL answered, WRITE answered non-zero--> IDLE
+    COPYING --the core drops the copy itself (CopyAborted: e.g. a START while it is open,
+              an invalid WRITE, a COMPLETE before every byte arrived)--> IDLE
     any --end of stream--> CLOSED;  any --framing error--> ERROR
+
+A request's answer moves the state when it is given (the shell's status decides), except
+that the core ends an open copy as soon as it *makes* the event that ends it: the
+:class:`CopyAborted` notice comes out first, so the copy is gone before the request is
+answered.
 
 Requests the core refuses itself come out as :class:`Rejected` (answer them as
 they are). Whenever an open copy must be dropped without a commit, a
 :class:`CopyAborted` notice comes out first. Nothing here touches a file or socket.
+
+A channel outlives its connections on vmbus (the host negotiates once per channel, a
+receiver session may end): :attr:`GuestConnection.accepted_negotiate` is what a later
+connection on the same channel resumes from (:meth:`GuestConnection.resume`), and
+:func:`failure_answer` answers a request a connection ended without answering.
 """
 
 from __future__ import annotations
 
-import enum
 from collections import deque
 from typing import Final
 
@@ -39,6 +53,7 @@ from .constants import (
     ICMSG_HDR_END,
     ICMSG_HDR_SIZE,
     LINUX_STATUSES,
+    MAX_FILE_OFFSET,
     MAX_NEGOTIATE_COUNT,
     NEGOTIATE_FIXED_SIZE,
     START_BODY_SIZE,
@@ -51,7 +66,7 @@ from .constants import (
     Version,
     max_msgsize_for,
 )
-from .errors import InvalidNameError, LocalProtocolError
+from .errors import FramingError, InvalidNameError, LocalProtocolError
 from .events import (
     NEED_DATA,
     CancelCopy,
@@ -59,6 +74,7 @@ from .events import (
     ConnectionClosed,
     CopyAborted,
     Event,
+    MessageDropped,
     NeedData,
     Negotiate,
     Rejected,
@@ -69,20 +85,13 @@ from .events import (
 from .framing import Framer
 from .names import NAME_FIELD_SIZE, decode_name
 from .ranges import RangeLimitExceeded, ReceivedRanges
+from .state import GuestState, Trigger, next_state
+
+__all__ = ["GuestConnection", "GuestState", "failure_answer"]
 
 _NAMES_OFFSET = ICMSG_HDR_END + FCOPY_HDR_SIZE
 _START_TAIL = ICMSG_HDR_END + FCOPY_HDR_SIZE + 2 * NAME_FIELD_SIZE
 _WRITE_DATA = codec.WRITE_DATA_OFFSET
-MAX_FILE_OFFSET: Final = (1 << 63) - 1
-"""The largest file offset (off_t): a larger file_size is an invalid argument."""
-
-
-class GuestState(enum.Enum):
-    NEGOTIATING = "negotiating"
-    IDLE = "idle"
-    COPYING = "copying"
-    CLOSED = "closed"
-    ERROR = "error"
 
 
 # Enum members the per-fragment path reads, bound once: reading a member off its class
@@ -130,9 +139,14 @@ class GuestConnection:
         self.linux_status_codes = linux_status_codes
         self._framer = Framer(max_msgsize_for(max_fragment))
         self._queue: deque[Event] = deque()
+        self._messages: deque[bytes] = deque()
+        self._message_error: FramingError | None = None
+        # A packet holds its message padded to 8 bytes (PROTOCOL.md section 7).
+        self._max_message = (8 + self._framer.max_msgsize + 7) // 8 * 8
+        self.accepted_negotiate: bytes | None = None
+        """The last NEGOTIATE request answered 0 (or resumed from)."""
         self._awaiting: RequestEvent | None = None
         self.state = GuestState.NEGOTIATING
-        self._negotiated = False
         self._file_size = 0
         self._ranges = ReceivedRanges(max_ranges)
 
@@ -142,10 +156,51 @@ class GuestConnection:
         """Feed received bytes; ``b""`` means the host closed the stream."""
         self._framer.feed(data)
 
+    def receive_message(self, payload: bytes | bytearray | memoryview) -> None:
+        """Feed one whole message: a packet's payload on a packet transport (the vmbus
+        ring), padding included; ``b""`` means the channel closed.
+
+        The packet's length frames the message: the pipe header's fields are not read, as
+        in the Linux daemons (PROTOCOL.md section 7). The answer echoes the whole payload.
+        A message above the framing maximum (padding allowed) is a framing error; one too
+        short to answer comes out as :class:`MessageDropped`.
+
+        Raises:
+            LocalProtocolError: mixed with :meth:`receive_data`, or fed after the end.
+        """
+        if self._framer.buffered or self._framer.at_eof:
+            raise LocalProtocolError("receive_message after receive_data or the end of "
+                                     "the stream")
+        if not payload:
+            self._framer.feed(b"")
+        else:
+            self._messages.append(bytes(payload))
+
+    def resume(self, negotiate_request: bytes) -> bool:
+        """Take over a NEGOTIATE that an earlier connection on this channel accepted
+        (:attr:`accepted_negotiate`): on vmbus the host negotiates once per channel open.
+        Nothing is answered; returns whether this core accepts it too (else nothing
+        changes).
+
+        Raises:
+            LocalProtocolError: not a fresh connection.
+        """
+        if self.state is not GuestState.NEGOTIATING or self._awaiting or self._queue:
+            raise LocalProtocolError("resume() is for a fresh connection only")
+        if (len(negotiate_request) < ICMSG_HDR_END
+                or codec.peek(negotiate_request)[0] != IcMsgType.NEGOTIATE):
+            return False
+        event = self._negotiate(negotiate_request, codec.peek(negotiate_request)[1])
+        if event.status != _S_OK:
+            return False
+        self._transition(Trigger.RESUMED)
+        self.accepted_negotiate = negotiate_request
+        return True
+
     @property
     def buffered(self) -> int:
         """Bytes received and not yet turned into events."""
-        return self._framer.buffered
+        return self._framer.buffered + sum(map(len, self._messages))
 
     @property
     def copy_open(self) -> bool:
@@ -170,10 +225,13 @@ class GuestConnection:
             return self._take(self._queue.popleft())
         if self.state is _CLOSED:
             return ConnectionClosed()
+        if self._messages or self._message_error is not None:
+            self._dispatch_message()
+            return self._take(self._queue.popleft())
         try:
             payload = self._framer.next_message()
         except Exception:
-            self.state = GuestState.ERROR
+            self._transition(Trigger.FRAMING_ERROR)
             raise
         if payload is None:
             if not self._framer.at_eof:
@@ -182,15 +240,31 @@ class GuestConnection:
             if self.copy_open:
                 self._queue.append(CopyAborted(reason="connection closed mid-copy"))
             self._queue.append(ConnectionClosed(truncated=truncated))
-            self.state = GuestState.CLOSED
+            self._transition(Trigger.END_OF_STREAM)
             return self._queue.popleft()
         self._dispatch(payload)
         return self._take(self._queue.popleft())
 
     def _take(self, event: Event) -> Event:
-        if not isinstance(event, (CopyAborted, ConnectionClosed)):
+        if not isinstance(event, (CopyAborted, ConnectionClosed, MessageDropped)):
             self._awaiting = event
         return event
+
+    def _dispatch_message(self) -> None:
+        """The next whole message (receive_message) into the queue."""
+        if self._message_error is None:
+            payload = self._messages.popleft()
+            if len(payload) < ICMSG_HDR_END:
+                self._queue.append(MessageDropped(size=len(payload)))
+                return
+            if len(payload) <= self._max_message:
+                self._dispatch(payload)
+                return
+            self._messages.clear()
+            self._message_error = FramingError(
+                f"a {len(payload)}-byte message exceeds the maximum {self._max_message}")
+        self._transition(Trigger.FRAMING_ERROR)
+        raise self._message_error
 
     # -- output --------------------------------------------------------------
 
@@ -221,7 +295,11 @@ class GuestConnection:
         if not 0 <= status <= 0xFFFFFFFF:
             raise LocalProtocolError(f"status {status} is not a 32-bit HRESULT")
         self._awaiting = None
-        self._transition(event, status)
+        if isinstance(event, WriteData):  # first: one per fragment
+            if status != _S_OK:  # (a WRITE answered 0 leaves COPYING as it is)
+                self._transition(Trigger.WRITE_ANSWERED, status)
+        elif not isinstance(event, Rejected):
+            self._answered(event, status)
         if self.linux_status_codes and status not in LINUX_STATUSES:
             status = Status.E_FAIL
         start = len(out)
@@ -237,21 +315,24 @@ class GuestConnection:
         if isinstance(event, Negotiate):
             _edit_negotiate_answer(out, start, event)
 
-    def _transition(self, event: RequestEvent, status: int) -> None:
-        if isinstance(event, WriteData):  # first: one per fragment
-            if status != _S_OK:
-                self.state = GuestState.IDLE
-        elif isinstance(event, Negotiate):
-            if status == Status.S_OK and self.state is GuestState.NEGOTIATING:
-                self._negotiated = True
-                self.state = GuestState.IDLE
+    def _transition(self, trigger: Trigger, status: int = 0) -> None:
+        """The only place the state changes (see :func:`gsi.state.next_state`)."""
+        self.state = next_state(self.state, trigger, status)
+
+    def _answered(self, event: RequestEvent, status: int) -> None:
+        if isinstance(event, Negotiate):
+            self._transition(Trigger.NEGOTIATE_ANSWERED, status)
+            if status == _S_OK:
+                self.accepted_negotiate = event.request
         elif isinstance(event, StartCopy):
-            if status == Status.S_OK:
-                self.state = GuestState.COPYING
+            self._transition(Trigger.START_ANSWERED, status)
+            if status == _S_OK:
                 self._file_size = event.file_size
                 self._ranges = ReceivedRanges(self.max_ranges)
-        elif isinstance(event, CompleteCopy | CancelCopy):
-            self.state = GuestState.IDLE
+        elif isinstance(event, CompleteCopy):
+            self._transition(Trigger.COMPLETE_ANSWERED, status)
+        elif isinstance(event, CancelCopy):
+            self._transition(Trigger.CANCEL_ANSWERED, status)
 
     # -- request validation ----------------------------------------------------
 
@@ -270,7 +351,7 @@ class GuestConnection:
                 ends_copy: bool = False) -> None:
         if ends_copy and self.copy_open:
             self._queue.append(CopyAborted(reason=reason, status=status))
-            self.state = GuestState.IDLE
+            self._transition(Trigger.COPY_ABORTED)
         self._queue.append(Rejected(transaction_id=tid, request=payload, status=status,
                                     reason=reason, icmsgtype=msgtype, operation=operation))
 
@@ -305,7 +386,7 @@ class GuestConnection:
                          framework_version=framework, message_version=message)
 
     def _fcopy(self, payload: bytes, tid: int) -> None:
-        if not self._negotiated:
+        if self.state is GuestState.NEGOTIATING:
             self._reject(payload, tid, Status.E_FAIL, "FCOPY before a successful NEGOTIATE")
             return
         if len(payload) < ICMSG_HDR_END + 4:
@@ -347,9 +428,11 @@ class GuestConnection:
         elif len(payload) < _WRITE_DATA + size:
             reason = (f"WRITE size {size} but only {len(payload) - _WRITE_DATA} data bytes "
                       "in the message")
-        elif offset + size > self._file_size:
+        elif offset + size > self._file_size:  # START allows no file_size above the
             reason = (f"WRITE of {size} bytes at offset {offset} goes beyond file_size "
-                      f"{self._file_size}")
+                      f"{self._file_size}")  # largest file offset, so no WRITE goes there
+            if offset + size > MAX_FILE_OFFSET:
+                reason += f" and the largest file offset {MAX_FILE_OFFSET}"
         else:
             try:
                 # Counted now: a failed answer ends the copy, so the ranges no longer matter.
@@ -367,7 +450,7 @@ class GuestConnection:
         op = Operation.START_FILE_COPY
         if self.copy_open:
             self._queue.append(CopyAborted(reason="a new START arrived while a copy was open"))
-            self.state = GuestState.IDLE
+            self._transition(Trigger.COPY_ABORTED)
         if len(payload) < ICMSG_HDR_END + START_BODY_SIZE:
             self._reject(payload, tid, Status.INVALIDARG,
                          f"START body of {len(payload) - ICMSG_HDR_END} bytes is shorter than "
@@ -385,8 +468,8 @@ class GuestConnection:
                          f"START: file_name {file_name!r} is empty or contains '/'", operation=op)
         elif file_size > MAX_FILE_OFFSET:
             self._reject(payload, tid, Status.INVALIDARG,
-                         f"START: file_size {file_size} exceeds the largest file offset",
-                         operation=op)
+                         f"START: file_size {file_size} exceeds the largest file offset "
+                         f"{MAX_FILE_OFFSET}", operation=op)
         elif file_size > self.max_file_size:
             self._reject(payload, tid, Status.INVALIDARG,
                          f"START: file_size {file_size} exceeds the maximum {self.max_file_size}",
@@ -407,6 +490,18 @@ class GuestConnection:
         else:
             self._queue.append(CompleteCopy(transaction_id=tid, request=payload,
                                             file_size=self._file_size))
+
+
+def failure_answer(request: bytes) -> bytes | None:
+    """The answer to a request its connection ended without answering (a vmbus session
+    that ended: the host waits for every answer): the request echoed with 0x80004005 and
+    icflags 0x05; None when it is too short to carry a status."""
+    if len(request) < ICMSG_HDR_END:
+        return None
+    out = bytearray(request)
+    codec.U32.pack_into(out, STATUS_OFFSET, Status.E_FAIL)
+    out[ICFLAGS_OFFSET] = GUEST_ICFLAGS
+    return bytes(out)
 
 
 def _edit_negotiate_answer(out: bytearray, start: int, event: Negotiate) -> None:

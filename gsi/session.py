@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol, runtime_checkable
 
 import trio
 
@@ -26,6 +26,7 @@ from .events import (
     CompleteCopy,
     ConnectionClosed,
     CopyAborted,
+    MessageDropped,
     Negotiate,
     Rejected,
     StartCopy,
@@ -38,6 +39,18 @@ log = logging.getLogger("gsi.receiver")
 
 _S_OK: Final = Status.S_OK
 """Bound once: the per-fragment path reads it (an Enum class attribute costs ~90 ns)."""
+
+
+@runtime_checkable
+class PacketPipe(Protocol):
+    """A stream of whole messages (the vmbus ring): every ``receive_some`` returns one
+    message for :meth:`GuestConnection.receive_message`, every ``send_all`` takes one
+    answer; ``attach`` gives the stream the session's core (see :mod:`gsi.vmbus.stream`)."""
+
+    @property
+    def packet_pipe(self) -> bool: ...
+
+    def attach(self, core: GuestConnection) -> None: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -90,6 +103,10 @@ class Session:
         self.peer = peer
         self.on_record = on_record
         self.copy: SinkCopy | None = None
+        self._feed: Callable[[bytes | bytearray | memoryview], None] = connection.receive_data
+        if isinstance(stream, PacketPipe) and stream.packet_pipe:  # one receive, one message
+            stream.attach(connection)
+            self._feed = connection.receive_message
         self._started = 0.0
         self._stopping = False
         self._receiving = False
@@ -147,7 +164,7 @@ class Session:
                 data = await self.stream.receive_some(self.receive_size)
                 self._receiving = False
                 self._touch()
-                self.conn.receive_data(data)
+                self._feed(data)
                 answers, closed = await self._handle_events()
                 if answers:
                     sending = True
@@ -208,6 +225,9 @@ class Session:
                 conn.answer_into(out, event)
             elif isinstance(event, CopyAborted):
                 self._drop_copy("aborted", event.status, event.reason)
+            elif isinstance(event, MessageDropped):
+                log.warning("%s: dropped a %d-byte message: too short to answer", self.peer,
+                            event.size)
             elif isinstance(event, ConnectionClosed):
                 if event.truncated:
                     log.warning("%s: closed mid-message (%d bytes lost)", self.peer,

@@ -307,7 +307,8 @@ async def test_idle_timeout_between_copies(guest: Guest, tmp_path: Path) -> None
         started = trio.current_time()
         with trio.fail_after(IDLE + 5):
             await sessions_gone(guest, timeout=IDLE + 5)
-        assert trio.current_time() - started >= IDLE * 0.9
+        # Real time on a loaded machine: the exact bounds are test_session's.
+        assert IDLE * 0.9 <= trio.current_time() - started < IDLE + 2
         later = await host.copy(source, "/", name="two")
     assert later.outcome == "guest-closed"  # the channel had been closed by the guest
 

@@ -7,6 +7,7 @@ shapes, Linux status folding, and hypothesis fuzzing of the state machine.
 
 from __future__ import annotations
 
+import inspect
 import random
 import struct
 from collections.abc import Callable
@@ -51,7 +52,10 @@ from wire_helpers import (
     write_request,
 )
 
-from gsi.constants import LINUX_STATUSES, CopyFlags, Status
+import gsi.protocol
+import gsi.state
+from gsi import layouts
+from gsi.constants import ICMSG_HDR_END, LINUX_STATUSES, CopyFlags, Status
 from gsi.errors import FramingError, LocalProtocolError, ProtocolError
 from gsi.events import (
     NEED_DATA,
@@ -67,6 +71,7 @@ from gsi.events import (
     WriteData,
 )
 from gsi.protocol import GuestConnection, GuestState
+from gsi.state import Trigger, next_state
 from host_sim.protocol import Answer, HostConnection
 
 E_FAIL = int(Status.E_FAIL)
@@ -560,6 +565,30 @@ def test_file_size_limit() -> None:
         rejected(send(negotiated(), start_request(file_size=size)), INVALIDARG)
 
 
+@pytest.mark.parametrize("file_size", [1 << 63, (1 << 64) - 1])
+def test_file_size_above_the_largest_file_offset(file_size: int) -> None:
+    """PROTOCOL.md section 8: a file_size above 2**63 - 1 is invalid, whatever the limit."""
+    guest = negotiated()
+    event = rejected(send(guest, start_request(file_size=file_size)), INVALIDARG)
+    assert "largest file offset" in event.reason
+    assert guest.state is GuestState.IDLE and not guest.copy_open
+
+
+@pytest.mark.parametrize(("offset", "size"), [(1 << 63, 1), ((1 << 63) - 1, 2),
+                                              ((1 << 64) - 1, 2)])
+def test_write_beyond_the_largest_file_offset(offset: int, size: int) -> None:
+    """A WRITE ending above 2**63 - 1 gets 0x80070057 and ends the copy (no overflow in
+    the sink: the largest copy the core opens ends exactly there)."""
+    guest = copying((1 << 63) - 1)
+    trace = send(guest, write_request(offset=offset, data=bytes(size)))
+    event = rejected(trace, INVALIDARG, aborted=True)
+    assert "largest file offset" in event.reason
+    _assert_copy_ended(guest)
+    # The last byte below the limit is still a valid place to write.
+    last = copying((1 << 63) - 1)
+    assert only(send(last, write_request(offset=(1 << 63) - 2, data=b"z")), WriteData)
+
+
 @pytest.mark.parametrize("status", [Status.DISK_FULL, Status.E_FAIL, 0x8007000E])
 def test_failed_write_answer_ends_copy(status: int) -> None:
     guest = copying(100)
@@ -655,27 +684,33 @@ def test_framing_limit_follows_max_fragment() -> None:
 
 @pytest.mark.parametrize("trim", [False, True])
 @pytest.mark.parametrize("status", [0, E_FAIL])
-def test_answer_into_appends_what_answer_returns(trim: bool, status: int) -> None:
-    request = write_request(offset=0, data=b"abc", full=True)
-    answers = []
-    for into in (False, True):
-        guest = copying(3, trim_write_echo=trim)
-        guest.receive_data(request)
-        event = guest.next_event()
-        assert isinstance(event, WriteData)
-        # the core's event is the one the public, validating constructor builds
-        assert event == WriteData(transaction_id=event.transaction_id, request=request,
-                                  offset=0, data=event.data)
-        if into:
-            out = bytearray(b"batched")
-            guest.answer_into(out, event, status)
-            assert out.startswith(b"batched")
-            answers.append(bytes(out[7:]))
-        else:
-            answers.append(guest.answer(event, status))
-        assert guest.state is (GuestState.COPYING if status == 0 else GuestState.IDLE)
-    assert answers[0] == answers[1]
-    check_answer(answers[0], request, status=status, trimmed_write=trim)
+@pytest.mark.parametrize("into", [False, True], ids=["answer", "answer_into"])
+def test_write_answer_bytes(trim: bool, status: int, into: bool) -> None:
+    """answer() and answer_into() give the bytes PROTOCOL.md 5.6 says, built here by hand."""
+    data = b"abc"
+    request = write_request(offset=0, data=data, full=True)
+    guest = copying(3, trim_write_echo=trim)
+    guest.receive_data(request)
+    event = guest.next_event()
+    assert isinstance(event, WriteData)
+    assert (event.offset, event.size, bytes(event.data)) == (0, 3, data)
+    assert event.transaction_id == 2 and event.request == request
+    if into:
+        out = bytearray(b"batched")
+        guest.answer_into(out, event, status)
+        assert out.startswith(b"batched")
+        answer = bytes(out[7:])
+    else:
+        answer = guest.answer(event, status)
+    assert guest.state is (GuestState.COPYING if status == 0 else GuestState.IDLE)
+    body_size = 52 if trim else 6196
+    expected = (struct.pack("<II", 1, 20 + body_size)
+                + struct.pack("<HHHHHHIBB2s", 3, 0, 7, 1, 1, body_size, status, 2, 0x05,
+                              b"\0\0")
+                + struct.pack("<I16s16sIQI", 1, bytes(16), bytes(16), 0, 0, 3))
+    if not trim:
+        expected += data + bytes(6144 - 3)
+    assert answer == expected
 
 
 # -- answer misuse -----------------------------------------------------------------
@@ -908,7 +943,10 @@ class Checker:
                 assert self.open
                 assert event.size <= guest.max_fragment
                 assert event.offset + event.size <= self.file_size
-                assert bytes(event.data) == event.request[80:80 + event.size]
+                # construct's layout is the independent oracle for where the data is
+                parsed = layouts.hv_do_fcopy_trimmed.parse(event.request[ICMSG_HDR_END:])
+                assert (event.offset, event.size) == (parsed.offset, parsed.size)
+                assert bytes(event.data) == parsed.data
             elif isinstance(event, CompleteCopy):
                 assert self.open
                 assert event.file_size == self.file_size
@@ -1112,3 +1150,36 @@ def test_fuzz_framed_random_bodies(config: dict[str, Any], negotiate: bool,
             body = op.to_bytes(4, "little") + body[4:]
         msgs.append(hand_message(icmsgtype=msgtype, body=body, transaction_id=tid))
     _checker(data, config).run(_chunks(data, b"".join(msgs)))
+
+
+def test_transition_table() -> None:
+    """The table the core moves by: what the theory-of-operation comment draws."""
+    n, i, c = GuestState.NEGOTIATING, GuestState.IDLE, GuestState.COPYING
+    assert next_state(n, Trigger.NEGOTIATE_ANSWERED, 0) is i
+    assert next_state(n, Trigger.NEGOTIATE_ANSWERED, Status.E_FAIL) is n
+    assert next_state(i, Trigger.START_ANSWERED, 0) is c
+    assert next_state(i, Trigger.START_ANSWERED, Status.ALREADY_EXISTS) is i
+    # answer_into skips the lookup for a WRITE answered 0: the table must agree.
+    assert next_state(c, Trigger.WRITE_ANSWERED, 0) is c
+    assert next_state(c, Trigger.WRITE_ANSWERED, Status.DISK_FULL) is i
+    for status in (0, Status.E_FAIL):
+        assert next_state(c, Trigger.COMPLETE_ANSWERED, status) is i
+        assert next_state(c, Trigger.CANCEL_ANSWERED, status) is i
+    assert next_state(c, Trigger.COPY_ABORTED) is i
+    for state in (n, i, c):
+        assert next_state(state, Trigger.END_OF_STREAM) is GuestState.CLOSED
+        assert next_state(state, Trigger.FRAMING_ERROR) is GuestState.ERROR
+    for state, trigger in [(n, Trigger.START_ANSWERED), (i, Trigger.WRITE_ANSWERED),
+                           (GuestState.CLOSED, Trigger.NEGOTIATE_ANSWERED),
+                           (i, Trigger.COPY_ABORTED)]:
+        with pytest.raises(LocalProtocolError, match="cannot happen"):
+            next_state(state, trigger)
+
+
+def test_state_assigned_in_one_place() -> None:
+    """Every change of ``state`` goes through next_state (besides the initial value)."""
+    source = inspect.getsource(gsi.protocol)
+    assert "self.state =" not in inspect.getsource(gsi.state)
+    assert source.count("self.state = ") == 2
+    assert "self.state = GuestState.NEGOTIATING" in source
+    assert "self.state = next_state(" in source

@@ -1,5 +1,6 @@
 """``gsi-receiver`` as a process: listening, usage errors, signals, grace period, idle
-timeout, and the one log line every copy gets when it ends."""
+timeout, and the one log line every copy gets when it ends. Timing bounds are tested in
+process on a virtual clock (test_session.py); here only what needs a real process."""
 
 from __future__ import annotations
 
@@ -24,7 +25,6 @@ from e2e_helpers import (
     write_range,
 )
 
-from gsi.constants import Status
 from gsi.transports import TransportError, connect
 from host_sim import open_host
 
@@ -190,30 +190,6 @@ async def test_no_new_connections_during_the_grace_period(tmp_path: Path,
     assert (tmp_path / "t.bin").read_bytes() == b"abc"
 
 
-async def test_sigterm_during_a_copy_grace_period_expires(tmp_path: Path) -> None:
-    data = random_bytes(6144 * 10, seed=4)
-    (tmp_path / "t.bin").write_bytes(b"old content")
-    rx = ReceiverProcess(tmp_path, ["tcp://127.0.0.1:0"], ["--grace-period", "0.5"])
-    try:
-        with trio.fail_after(PROMPT * 2):
-            async with open_host(rx.url) as host:
-                assert (await start_copy(host, "/", "t.bin", len(data), force=True)).ok
-                await write_range(host, data, 0, 6144 * 5)
-                assert len(temp_files(tmp_path)) == 1
-                started = time.monotonic()
-                rx.signal(signal.SIGTERM)
-                # never finished: after the grace period the receiver drops the copy
-                assert await receive_until_eof(host.stream) == b""
-            assert await rx.await_exit(PROMPT) == 0
-            assert time.monotonic() - started >= 0.4
-    finally:
-        rx.kill()
-    assert (tmp_path / "t.bin").read_bytes() == b"old content"
-    assert temp_files(tmp_path) == []
-    assert re.search(r"copy (failed|aborted): /t\.bin \(30720/61440 bytes", rx.log), rx.log
-    assert "copy committed" not in rx.log
-
-
 async def test_second_sigterm_aborts_open_copies_now(tmp_path: Path) -> None:
     (tmp_path / "t.bin").write_bytes(b"old content")
     rx = ReceiverProcess(tmp_path, ["tcp://127.0.0.1:0"], ["--grace-period", "60"])
@@ -235,42 +211,20 @@ async def test_second_sigterm_aborts_open_copies_now(tmp_path: Path) -> None:
 
 # -- idle timeout -----------------------------------------------------------------------
 
-async def test_idle_timeout_closes_silent_connections(tmp_path: Path) -> None:
-    """--idle-timeout 0.5: a silent connection (with or without an open copy) is closed;
-    one that keeps talking survives longer than the timeout. Real time, about 1 s."""
+async def test_idle_timeout_closes_a_silent_connection_mid_copy(tmp_path: Path) -> None:
+    """--idle-timeout 0.5, in real time: the smoke test of the option and its log lines
+    (the bounds, with and without a copy, are test_session's, on a virtual clock)."""
     (tmp_path / "t.bin").write_bytes(b"old")
     with running_receiver(tmp_path, ["tcp://127.0.0.1:0"], ["--idle-timeout", "0.5"]) as rx:
-
-        async def silent() -> None:
-            stream = await connect(rx.url)
-            started = time.monotonic()
-            assert await receive_until_eof(stream) == b""
-            assert time.monotonic() - started >= 0.4
-            await stream.aclose()
-
-        async def silent_mid_copy() -> None:
+        with trio.fail_after(PROMPT * 2):
             async with open_host(rx.url) as host:
                 assert (await start_copy(host, "/", "t.bin", 50_000, force=True)).ok
                 await write_range(host, b"n" * 50_000, 0, 6144)
                 assert len(temp_files(tmp_path)) >= 1
-                assert await receive_until_eof(host.stream) == b""
-
-        async def chatty() -> None:
-            async with open_host(rx.url) as host:
                 started = time.monotonic()
-                await host.negotiate()
-                while time.monotonic() - started < 0.8:  # requests 0.1 s apart
-                    await trio.sleep(0.1)
-                    assert (await host.request(host.conn.cancel())).status == Status.S_OK
-                assert await receive_until_eof(host.stream) == b""  # then silence
-                assert time.monotonic() - started >= 1.2
-
-        with trio.fail_after(PROMPT * 2):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(silent)
-                nursery.start_soon(silent_mid_copy)
-                nursery.start_soon(chatty)
-        await rx.await_log(r"idle for 0\.5 s, closing", count=3)
+                assert await receive_until_eof(host.stream) == b""
+                assert time.monotonic() - started >= 0.4
+        await rx.await_log(r"idle for 0\.5 s, closing")
         await rx.await_log(r"copy aborted: /t\.bin \(6144/50000 bytes, [\d.]+ s, [\d.]+ MB/s\)"
                            r" from .*: 0x80004005: unspecified failure: idle timeout")
     assert (tmp_path / "t.bin").read_bytes() == b"old"

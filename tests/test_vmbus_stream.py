@@ -201,9 +201,29 @@ async def test_malformed_packets_get_answers_in_order(tmp_path: Path) -> None:
             assert host.peek_raw() is None
 
 
+async def test_the_pipe_header_is_not_relied_on(tmp_path: Path) -> None:
+    """On the ring the packet frames the message (PROTOCOL.md section 7): a copy whose
+    pipe headers say nothing sensible (flags 0, msgsize 3) is served all the same, and
+    each answer echoes the header as it came."""
+    def bogus(request: bytes) -> bytes:
+        return struct.pack("<II", 0, 3) + request[8:]
+
+    with trio.fail_after(20):
+        async with emulated_guest(tmp_path) as (url, root, _), \
+                attach_emulated_host(url) as host:
+            for request in (NEGOTIATE, message(7, start_body("p.bin", "/", 0, 3), tid=60),
+                            message(7, write_body(0, b"xyz"), tid=61),
+                            message(7, COMPLETE_BODY, tid=62)):
+                _, raw = await exchange(host, bogus(request))
+                assert struct.unpack_from("<I", raw, 16 + 20) == (0,)
+                assert raw[16:24] == struct.pack("<II", 0, 3)
+            assert (root / "p.bin").read_bytes() == b"xyz"
+
+
 async def test_a_new_session_replays_the_negotiation(tmp_path: Path) -> None:
-    """A framing error ends the session; its request is answered 0x80004005, and the next
-    session accepts FCOPY without a new NEGOTIATE from the host."""
+    """A message above the framing maximum ends the session; its request is answered
+    0x80004005, and the next session accepts FCOPY without a new NEGOTIATE from the host
+    (its core resumes the one the channel accepted)."""
     with trio.fail_after(20):
         async with emulated_guest(tmp_path) as (url, root, receiver), \
                 attach_emulated_host(url) as host:

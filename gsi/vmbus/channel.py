@@ -110,7 +110,7 @@ class RingChannel:
         self.broken: str | None = None
         self.closed = False
         self.last_negotiate: bytes | None = None
-        """The latest NEGOTIATE a session accepted (guest end): replayed to the next."""
+        """The latest NEGOTIATE a session accepted (guest end): the next session resumes it."""
         self._recheck = recheck_interval
         self._watchdog = watchdog
         self._interval = recheck_interval or (watchdog_interval if watchdog else math.inf)
