@@ -270,7 +270,7 @@ def verify_directory(root_fd: int, parts: Sequence[str], dir_fd: int, where: str
             except OSError as exc:
                 raise SinkError(
                     Status.ACCESS_DENIED,
-                    f"directory {where} is no longer inside the destination root"
+                    f"the directory of {where} is no longer inside the destination root"
                     f" ({guest_path(parts)}: {describe_oserror(exc)}); nothing committed",
                 ) from None
             os.close(fd)
@@ -281,7 +281,8 @@ def verify_directory(root_fd: int, parts: Sequence[str], dir_fd: int, where: str
     if (got.st_dev, got.st_ino) != (want.st_dev, want.st_ino):
         raise SinkError(
             Status.ACCESS_DENIED,
-            f"directory {where} was moved or replaced since the copy began; nothing committed",
+            f"the directory of {where} was moved or replaced since the copy began;"
+            " nothing committed",
         )
 
 

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import os
 import random
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trio
 from e2e_helpers import all_temps
-from fault_helpers import content, sessions_gone, temp_files
+from fault_helpers import content, mounted_tmpfs, sessions_gone, temp_files
 
 from gsi.constants import CopyFlags, Status
 from gsi.testing import Guest, open_guest
@@ -31,19 +30,10 @@ OLD = b"old content that must survive a full disk\n" * 100
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
     """A fresh 1 MiB tmpfs, unmounted afterwards."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
     mount_point = tmp_path / "small"
     mount_point.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={FS_SIZE},mode=0755",
-                           "gsi-disk-full", str(mount_point)],
-                          capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+    with mounted_tmpfs(mount_point, FS_SIZE) as mnt:
+        yield mnt
 
 
 def free_bytes(path: Path) -> int:
