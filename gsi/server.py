@@ -231,9 +231,9 @@ class Receiver:
         """Below max_connections, or after evicting a connection waiting for a request with
         no open copy: True. False if every connection has a copy open (or is busy).
 
-        The victim is the one idle the longest among those never answered (connected,
-        never sent a whole request), else among all: a host that talks keeps its slot
-        while bare connections come and go."""
+        The victim is the one idle the longest among those that never sent a byte, else
+        among those never answered (no whole request yet), else among all: a host that
+        talks keeps its slot while bare connections come and go."""
         live = [s for s in self._sessions if not s.evicted]
         if len(live) < self.config.max_connections:
             return True
@@ -242,7 +242,7 @@ class Receiver:
             log.warning("refusing a connection: %d connections open, each with an open copy",
                         len(live))
             return False
-        victim = min(idle, key=lambda s: (s.answered, s.last_active))
+        victim = min(idle, key=lambda s: (s.heard, s.answered, s.last_active))
         self.stats.evicted_connections += 1
         log.warning("%s: evicted for a new connection (%d connections open, it was idle the"
                     " longest: %.1f s)", victim.peer, len(live),

@@ -94,7 +94,8 @@ class Session:
         self.message_timeout = message_timeout
         self._message_since: float | None = None  # when the pending message began
         self.last_active = trio.current_time()
-        self.answered = False  # has sent an answer: a host that talks, not a bare connect
+        self.heard = False  # has sent a byte: not a bare connect
+        self.answered = False  # has been answered: a host that completes requests
         self.evicted = False
         self.receive_size = receive_size
         self.peer = peer
@@ -150,6 +151,7 @@ class Session:
         progress, and the deadline changes at most 16 times per idle_timeout.
         """
         now = self.last_active = trio.current_time()
+        self.heard = True
         deadline = now + self.idle_timeout
         if self._scope.deadline < deadline:
             self._scope.deadline = deadline + self._slack

@@ -24,6 +24,7 @@ from e2e_helpers import (
     write_range,
 )
 
+from gsi.errors import CopyFailed
 from gsi.transports import connect
 from host_sim import HostConnection, copy_vm_file, open_host
 
@@ -125,20 +126,27 @@ async def test_guest_names_cannot_forge_log_lines(tmp_path: Path) -> None:
 # -- no lock-out --------------------------------------------------------------------------------
 
 
-async def _idle_attacker(url: str, stop: trio.Event) -> None:
+async def _idle_attacker(url: str, stop: trio.Event, *,
+                        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Connects and sends nothing; reconnects whenever it is closed."""
     while not stop.is_set():
         stream = await connect(url)
+        task_status.started()
+        task_status = trio.TASK_STATUS_IGNORED
         with trio.move_on_after(30):
             await receive_until_eof(stream)
         await stream.aclose()
 
 
-async def _trickling_attacker(url: str, stop: trio.Event) -> None:
+async def _trickling_attacker(
+        url: str, stop: trio.Event, *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Sends a NEGOTIATE one byte every 0.3 s, never finishing a message in time."""
     message = HostConnection().negotiate()
     while not stop.is_set():
         stream = await connect(url)
+        task_status.started()
+        task_status = trio.TASK_STATUS_IGNORED
         try:
             for byte in message:
                 await stream.send_all(bytes([byte]))
@@ -157,12 +165,15 @@ async def test_a_host_is_served_while_every_slot_is_held(tmp_path: Path) -> None
     with running_receiver(root, ["tcp://127.0.0.1:0"], extra) as rx:
         stop = trio.Event()
         async with trio.open_nursery() as nursery:
-            for _ in range(4):
-                nursery.start_soon(_idle_attacker, rx.url, stop)
-                nursery.start_soon(_trickling_attacker, rx.url, stop)
+            for _ in range(4):  # connected (in the accept queue) before any host
+                await nursery.start(_idle_attacker, rx.url, stop)
+                await nursery.start(_trickling_attacker, rx.url, stop)
             for i in range(3):  # the slots are taken before each host arrives
                 with trio.fail_after(5):
-                    await copy_vm_file(rx.url, source, "/", name=f"copy{i}")
+                    try:
+                        await copy_vm_file(rx.url, source, "/", name=f"copy{i}")
+                    except CopyFailed as exc:
+                        raise AssertionError(f"{exc}; receiver log:\n{rx.log}") from None
             stop.set()
             nursery.cancel_scope.cancel()
     assert all((root / f"copy{i}").read_bytes() == source.read_bytes() for i in range(3))
@@ -208,10 +219,10 @@ CLIENT = """\
 import socket, sys
 s = socket.socket(socket.AF_UNIX)
 s.connect(sys.argv[1])
-s.sendall(bytes.fromhex(sys.argv[2]))
 s.settimeout(10)
 got = b""
 try:
+    s.sendall(bytes.fromhex(sys.argv[2]))  # EPIPE / ECONNRESET if already closed
     while len(got) < int(sys.argv[3]):
         chunk = s.recv(4096)
         if not chunk:
