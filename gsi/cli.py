@@ -61,6 +61,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _uid(text: str) -> int:
+    value = int(text, 10)
+    if not 0 <= value < 1 << 32:
+        raise argparse.ArgumentTypeError(f"{text} is not a uid")
+    return value
+
+
 def _mode(text: str) -> int:
     value = int(text, 8)
     if not 0 <= value <= 0o7777:
@@ -86,8 +93,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest WRITE data size accepted (default %(default)s)")
     p.add_argument("--idle-timeout", type=_positive_float, default=60.0, metavar="S",
                    help="drop a connection silent for S seconds (default %(default)s)")
+    p.add_argument("--message-timeout", type=_positive_float, default=10.0, metavar="S",
+                   help="drop a connection whose message is not complete S seconds after "
+                        "its first byte (default %(default)s)")
     p.add_argument("--max-connections", type=_positive_int, default=256, metavar="N",
-                   help="connections served at once; more are closed (default %(default)s)")
+                   help="connections served at once; at the limit a new one evicts the "
+                        "longest-idle connection with no open copy, or is closed if every "
+                        "one has a copy open (default %(default)s)")
+    p.add_argument("--allow-uid", type=_uid, action="append", default=[], metavar="UID",
+                   help="unix:// listeners only: accept peers running as UID (SO_PEERCRED); "
+                        "repeatable; default: any local user that can open the socket. "
+                        "TCP listeners are open to every local user")
+    p.add_argument("--temp-files", choices=["auto", "named"], default="auto",
+                   help="auto: unnamed temp files (O_TMPFILE) where the filesystem has "
+                        "them, named .gsi-*.part files elsewhere; named: always named "
+                        "(default %(default)s)")
     p.add_argument("--max-file-size", type=_positive_int, default=(1 << 64) - 1,
                    metavar="BYTES", help="refuse larger files at START with 0x80070057")
     p.add_argument("--file-mode", type=_mode, default=None, metavar="OCTAL",
@@ -121,7 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> ReceiverConfig:
     return ReceiverConfig(
         root=args.root, fsync=not args.no_fsync, max_fragment=args.max_fragment,
-        idle_timeout=args.idle_timeout, max_connections=args.max_connections,
+        idle_timeout=args.idle_timeout, message_timeout=args.message_timeout,
+        max_connections=args.max_connections, allow_uids=tuple(args.allow_uid),
+        temp_files=args.temp_files,
         max_file_size=args.max_file_size, file_mode=args.file_mode,
         grace_period=args.grace_period, preallocate=args.preallocate,
         check_free_space=not args.no_free_space_check,
@@ -155,9 +177,9 @@ async def run(config: ReceiverConfig, urls: list[str], native: bool | None = Non
                     print(line, flush=True)
         nursery.cancel_scope.cancel()
     s = receiver.stats
-    log.info("stopped: %d connections (%d refused), %d copies committed (%d bytes), "
-             "%d failed", s.connections, s.refused_connections, s.committed,
-             s.bytes_committed, s.failed)
+    log.info("stopped: %d connections (%d refused, %d evicted), %d copies committed "
+             "(%d bytes), %d failed", s.connections, s.refused_connections,
+             s.evicted_connections, s.committed, s.bytes_committed, s.failed)
 
 
 async def _watch_signals(receiver: Receiver, everything: trio.CancelScope, grace: float, *,

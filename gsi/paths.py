@@ -112,7 +112,12 @@ def _inside(path: str, root_real: str) -> bool:
     return path == root_real or path.startswith(root_real.rstrip("/") + "/")
 
 
-def open_directory(
+def _open_dir_at(name: str, dir_fd: int) -> int:
+    """``openat(dir_fd, name, O_DIRECTORY | O_NOFOLLOW)``: one step of every walk here."""
+    return os.open(name, dir_flags(), dir_fd=dir_fd)
+
+
+def walk_directory(
     root_fd: int,
     root_real: str,
     parts: Sequence[str],
@@ -120,7 +125,7 @@ def open_directory(
     create: bool,
     dir_mode: int = 0o755,
     before_mkdir: Callable[[int], None] | None = None,
-) -> int:
+) -> tuple[int, list[str]]:
     """Open the directory ``ROOT/parts`` without ever leaving ROOT.
 
     Args:
@@ -135,96 +140,184 @@ def open_directory(
             a caller can refuse (raise) before anything exists.
 
     Returns:
-        A new ``O_DIRECTORY`` fd the caller must close.
+        A new ``O_DIRECTORY`` fd the caller must close, and the components that reach it
+        from ROOT with no symlink among them (what :func:`verify_directory` walks again).
 
     Raises:
         SinkError: PATH_NOT_FOUND for a missing component without ``create``, a dangling
-            symlink, or a component that is not a directory; ACCESS_DENIED for a symlink
-            leading outside ROOT, more than :data:`MAX_SYMLINK_FOLLOWS` symlinks, or a
-            permission error; other statuses per :func:`oserror_status`.
+            symlink or one that vanishes while it is resolved, or a component that is not
+            a directory; ACCESS_DENIED for a symlink leading outside ROOT, more than
+            :data:`MAX_SYMLINK_FOLLOWS` symlinks, or a permission error; other statuses
+            per :func:`oserror_status`.
     """
-    # Each pending entry: (name, requested). requested=False marks a component that
-    # came from resolving a symlink: it must exist (never created).
-    pending: deque[tuple[str, bool]] = deque((part, True) for part in parts)
-    here: list[str] = []  # components of fd under ROOT; never contains a symlink
-    follows = retries = 0
-    mkdir_announced = False
+    walk = _DirectoryWalk(root_fd, root_real, parts, create, dir_mode, before_mkdir)
+    try:
+        while walk.pending:
+            walk.step()
+        return walk.fd, walk.here
+    except BaseException:
+        os.close(walk.fd)
+        raise
+
+
+class _DirectoryWalk:
+    """The state of one :func:`walk_directory` call: ``fd`` is ``ROOT/here``."""
+
+    def __init__(self, root_fd: int, root_real: str, parts: Sequence[str], create: bool,
+                 dir_mode: int, before_mkdir: Callable[[int], None] | None) -> None:
+        self.root_fd = root_fd
+        self.root_real = root_real
+        self.create = create
+        self.dir_mode = dir_mode
+        self.before_mkdir = before_mkdir
+        # Each pending entry: (name, requested). requested=False marks a component that
+        # came from resolving a symlink: it must exist (never created).
+        self.pending: deque[tuple[str, bool]] = deque((part, True) for part in parts)
+        self.here: list[str] = []  # components of fd under ROOT; never contains a symlink
+        self.follows = self.retries = 0
+        self.fd = os.dup(root_fd)
+
+    def step(self) -> None:
+        """Handle the next pending component: descend, create, follow, or retry it."""
+        name, requested = self.pending.popleft()
+        where = guest_path([*self.here, name])
+        try:
+            next_fd = _open_dir_at(name, self.fd)
+        except FileNotFoundError:
+            self._missing(name, requested, where)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
+                raise sink_error_from(exc, f"opening directory {where}") from None
+            if self._not_a_directory(name, where):
+                return  # a symlink, followed: the walk restarted from the root
+        else:
+            os.close(self.fd)
+            self.fd = next_fd
+            self.here.append(name)
+            self.retries = 0
+            return
+        # Just created, or changed under us (created or removed concurrently): look again.
+        self.retries += 1
+        if self.retries > _MAX_RACE_RETRIES:
+            raise SinkError(Status.E_FAIL, f"{where} keeps changing while being opened")
+        self.pending.appendleft((name, requested))
+
+    def _missing(self, name: str, requested: bool, where: str) -> None:
+        if not requested:
+            raise SinkError(
+                Status.PATH_NOT_FOUND,
+                f"{where} does not exist: a symlink on the way is dangling",
+            )
+        if not self.create:
+            raise SinkError(
+                Status.PATH_NOT_FOUND,
+                f"directory {where} does not exist (CREATE_PATH not set)",
+            )
+        if self.before_mkdir is not None:
+            self.before_mkdir(self.fd)
+            self.before_mkdir = None
+        try:
+            os.mkdir(name, self.dir_mode, dir_fd=self.fd)
+        except FileExistsError:
+            pass  # created concurrently: the retry sees what it is
+        except OSError as exc:
+            raise sink_error_from(exc, f"creating directory {where}") from None
+
+    def _not_a_directory(self, name: str, where: str) -> bool:
+        """``name`` is not a directory: follow it if it is a symlink (True), refuse it if
+        it is something else, or return False if it vanished (retry)."""
+        try:
+            st = os.stat(name, dir_fd=self.fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise sink_error_from(exc, f"examining {where}") from None
+        if not stat.S_ISLNK(st.st_mode):
+            raise SinkError(Status.PATH_NOT_FOUND, f"{where} exists but is not a directory")
+        self.follows += 1
+        if self.follows > MAX_SYMLINK_FOLLOWS:
+            raise SinkError(
+                Status.ACCESS_DENIED,
+                f"more than {MAX_SYMLINK_FOLLOWS} symlinks followed at {where}"
+                " (a symlink loop?)",
+            )
+        try:
+            resolved = os.path.realpath(os.path.join(self.root_real, *self.here, name))
+        except OSError as exc:  # a link on the way vanished or changed while resolved
+            status = Status.PATH_NOT_FOUND if isinstance(
+                exc, (FileNotFoundError, NotADirectoryError)) else oserror_status(exc)
+            raise SinkError(
+                status, f"symlink {where} changed while being resolved: {describe_oserror(exc)}"
+            ) from None
+        if not _inside(resolved, self.root_real):
+            raise SinkError(
+                Status.ACCESS_DENIED, f"symlink {where} leads outside the destination root"
+            )
+        rel = os.path.relpath(resolved, self.root_real)
+        target_parts = [] if rel == "." else rel.split(os.sep)
+        self.pending.extendleft((part, False) for part in reversed(target_parts))
+        os.close(self.fd)
+        self.fd = os.dup(self.root_fd)
+        self.here = []
+        return True
+
+
+def verify_directory(root_fd: int, parts: Sequence[str], dir_fd: int, where: str) -> None:
+    """Check that ``dir_fd`` still is ``ROOT/parts``, walking again from the root fd.
+
+    Every step is opened with ``O_NOFOLLOW``; the directory reached must be ``dir_fd``'s
+    (same device and inode). Called right before a commit, so that a directory moved out
+    of the root (or replaced by a symlink) since the copy began is never committed into.
+
+    Raises:
+        SinkError: ACCESS_DENIED if the path no longer leads to ``dir_fd`` from the root.
+    """
     fd = os.dup(root_fd)
     try:
-        while pending:
-            name, requested = pending.popleft()
-            where = guest_path([*here, name])
+        for name in parts:
             try:
-                next_fd = os.open(name, dir_flags(), dir_fd=fd)
-            except FileNotFoundError:
-                if not requested:
-                    raise SinkError(
-                        Status.PATH_NOT_FOUND,
-                        f"{where} does not exist: a symlink on the way is dangling",
-                    ) from None
-                if not create:
-                    raise SinkError(
-                        Status.PATH_NOT_FOUND,
-                        f"directory {where} does not exist (CREATE_PATH not set)",
-                    ) from None
-                if before_mkdir is not None and not mkdir_announced:
-                    before_mkdir(fd)
-                mkdir_announced = True
-                try:
-                    os.mkdir(name, dir_mode, dir_fd=fd)
-                except FileExistsError:
-                    pass  # created concurrently: the retry below sees what it is
-                except OSError as exc:
-                    raise sink_error_from(exc, f"creating directory {where}") from None
+                next_fd = _open_dir_at(name, fd)
             except OSError as exc:
-                if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
-                    raise sink_error_from(exc, f"opening directory {where}") from None
-                try:
-                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-                except FileNotFoundError:
-                    st = None  # vanished: retry below
-                except OSError as exc2:
-                    raise sink_error_from(exc2, f"examining {where}") from None
-                if st is not None and not stat.S_ISLNK(st.st_mode):
-                    raise SinkError(
-                        Status.PATH_NOT_FOUND, f"{where} exists but is not a directory"
-                    ) from None
-                if st is not None:
-                    follows += 1
-                    if follows > MAX_SYMLINK_FOLLOWS:
-                        raise SinkError(
-                            Status.ACCESS_DENIED,
-                            f"more than {MAX_SYMLINK_FOLLOWS} symlinks followed at {where}"
-                            " (a symlink loop?)",
-                        ) from None
-                    resolved = os.path.realpath(os.path.join(root_real, *here, name))
-                    if not _inside(resolved, root_real):
-                        raise SinkError(
-                            Status.ACCESS_DENIED,
-                            f"symlink {where} leads outside the destination root",
-                        ) from None
-                    rel = os.path.relpath(resolved, root_real)
-                    target_parts = [] if rel == "." else rel.split(os.sep)
-                    pending.extendleft((part, False) for part in reversed(target_parts))
-                    os.close(fd)
-                    fd = os.dup(root_fd)
-                    here = []
-                    continue
-            else:
-                os.close(fd)
-                fd = next_fd
-                here.append(name)
-                retries = 0
-                continue
-            # Just created, or changed under us (created or removed concurrently): look again.
-            retries += 1
-            if retries > _MAX_RACE_RETRIES:
-                raise SinkError(Status.E_FAIL, f"{where} keeps changing while being opened")
-            pending.appendleft((name, requested))
-        return fd
-    except BaseException:
+                raise SinkError(
+                    Status.ACCESS_DENIED,
+                    f"the directory of {where} is no longer inside the destination root"
+                    f" ({guest_path(parts)}: {describe_oserror(exc)}); nothing committed",
+                ) from None
+            os.close(fd)
+            fd = next_fd
+        got, want = os.fstat(fd), os.fstat(dir_fd)
+    finally:
         os.close(fd)
-        raise
+    if (got.st_dev, got.st_ino) != (want.st_dev, want.st_ino):
+        raise SinkError(
+            Status.ACCESS_DENIED,
+            f"the directory of {where} was moved or replaced since the copy began;"
+            " nothing committed",
+        )
+
+
+def check_names(parts: Sequence[str], file_name: str, name_max: int) -> None:
+    """Check every component and the file name before anything is created.
+
+    Each must be encodable in UTF-8 (no lone surrogates) and at most ``name_max`` bytes
+    long in it (the filesystem's ``NAME_MAX``).
+
+    Raises:
+        SinkError: INVALIDARG naming the first bad component.
+    """
+    for name in (*parts, file_name):
+        try:
+            size = len(name.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise SinkError(
+                Status.INVALIDARG, f"name {name!r} cannot be encoded in UTF-8"
+            ) from None
+        if size > name_max:
+            raise SinkError(
+                Status.INVALIDARG,
+                f"name {name[:32]!r}... is {size} bytes in UTF-8; the filesystem allows"
+                f" {name_max}",
+            )
 
 
 def check_target(dir_fd: int, file_name: str, flags: CopyFlags, where: str) -> None:
@@ -253,3 +346,27 @@ def check_target(dir_fd: int, file_name: str, flags: CopyFlags, where: str) -> N
         raise SinkError(Status.ALREADY_EXISTS, f"target {where} exists (a directory)")
     if not overwrite:
         raise SinkError(Status.ALREADY_EXISTS, f"target {where} exists (OVER_WRITE not set)")
+
+
+class DirGuard:
+    """A copy's own way back to its directory from the root, for the check at commit.
+
+    Holds a duplicate of the root fd (the sink may close its own before the copy ends) and
+    the components :func:`walk_directory` returned.
+    """
+
+    def __init__(self, root_fd: int, parts: Sequence[str]) -> None:
+        self.parts = list(parts)
+        self._root_fd: int | None = os.dup(root_fd)
+
+    def check(self, dir_fd: int, where: str) -> None:
+        """:func:`verify_directory` from the root; SinkError ACCESS_DENIED if moved."""
+        if self._root_fd is None:
+            raise SinkError(Status.E_FAIL, f"cannot check the directory of {where}: closed")
+        verify_directory(self._root_fd, self.parts, dir_fd, where)
+
+    def close(self) -> None:
+        """Close the root fd. Idempotent."""
+        fd, self._root_fd = self._root_fd, None
+        if fd is not None:
+            os.close(fd)

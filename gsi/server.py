@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import errno
 import logging
+import socket
+import struct
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -41,7 +43,17 @@ class ReceiverConfig:
         fsync: fsync file and directory before answering COMPLETE.
         max_fragment: the largest WRITE size accepted.
         idle_timeout: seconds of silence before a connection is dropped.
-        max_connections: connections served at once; more are closed on accept.
+        message_timeout: seconds a message may take to arrive once its first byte has:
+            a host trickling a message is dropped after that, whatever its pace.
+        max_connections: connections served at once. At the limit a new connection
+            evicts the connection idle the longest among those with no open copy
+            (waiting for a request); only when every connection has an open copy is the
+            new one closed on accept.
+        allow_uids: if not empty, a connection on a Unix-socket listener whose peer
+            (SO_PEERCRED) runs as another uid is closed on accept. Other listeners (TCP,
+            vsock, vmbus) are not filtered: a TCP listener is open to every local user.
+        temp_files: "auto" (unnamed temp files where the filesystem has them) or
+            "named" (see :mod:`gsi.temps`).
         max_file_size: START with a larger file_size gets 0x80070057.
         file_mode: mode of committed files (None: 0o644 less the umask).
         trim_write_echo: answer WRITEs without their data.
@@ -71,14 +83,18 @@ class ReceiverConfig:
     defaults (measured: about 1.2 MiB for a copy in progress, 1 MiB
     more at the range limit). The total is ``max_connections`` times that on top of the
     process itself (about 30 MiB): lower ``max_connections`` or ``write_buffer`` to lower
-    it. Connections beyond ``max_connections`` are closed on accept, never queued.
+    it. Connections beyond ``max_connections`` evict an idle one or are closed on
+    accept, never queued.
     """
 
     root: Path
     fsync: bool = True
     max_fragment: int = DATA_FRAGMENT
     idle_timeout: float = 60.0
+    message_timeout: float = 10.0
     max_connections: int = 256
+    allow_uids: tuple[int, ...] = ()
+    temp_files: str = "auto"
     max_file_size: int = (1 << 64) - 1
     file_mode: int | None = None
     trim_write_echo: bool = False
@@ -101,6 +117,7 @@ class ReceiverStats:
 
     connections: int = 0
     refused_connections: int = 0
+    evicted_connections: int = 0
     committed: int = 0
     failed: int = 0
     bytes_committed: int = 0
@@ -128,7 +145,8 @@ class Receiver:
                              check_free_space=config.check_free_space,
                              preallocate=config.preallocate,
                              linux_create_path=config.linux_create_path,
-                             coalesce_bytes=config.write_buffer)
+                             coalesce_bytes=config.write_buffer,
+                             temp_files=config.temp_files)
         self.stats = ReceiverStats()
         self._sessions: set[Session] = set()
         self._accepting = trio.CancelScope()
@@ -150,7 +168,7 @@ class Receiver:
     async def serve(self, listeners: list[trio.abc.Listener[trio.abc.Stream]], *,
                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Accept and serve until :meth:`shutdown`; then wait for the sessions."""
-        removed = self.sink.cleanup_stale_temps()
+        removed = await trio.to_thread.run_sync(self.sink.cleanup_stale_temps)
         for name in removed:
             log.info("removed a stale temp file left by a dead receiver: %s", name)
         try:
@@ -200,10 +218,8 @@ class Receiver:
                 await trio.sleep(ACCEPT_BACKOFF)
                 continue
             self.stats.connections += 1
-            if len(self._sessions) >= self.config.max_connections:
+            if not (self._admit(stream) and self._make_room()):
                 self.stats.refused_connections += 1
-                log.warning("refusing a connection: %d connections already open",
-                            len(self._sessions))
                 await trio.aclose_forcefully(stream)
                 continue
             peer = _peer_name(stream, self.stats.connections)
@@ -211,6 +227,7 @@ class Receiver:
                 stream = self._traced(stream, peer, listener)
             session = Session(stream, self.sink, self._new_connection(),
                               idle_timeout=self.config.idle_timeout,
+                              message_timeout=self.config.message_timeout,
                               receive_size=self.config.receive_size,
                               peer=peer,
                               on_record=self.stats.add)
@@ -236,6 +253,46 @@ class Receiver:
         recorder = TraceRecorder(self.config.trace,
                                  trace_file_stem(started, self.stats.connections), metadata)
         return TraceStream(stream, recorder)
+    def _admit(self, stream: trio.abc.Stream) -> bool:
+        """--allow-uid: a Unix-socket peer must run as one of the allowed uids."""
+        allowed = self.config.allow_uids
+        sock = getattr(stream, "socket", None)
+        if not allowed or sock is None or sock.family != getattr(socket, "AF_UNIX", None):
+            return True
+        try:
+            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                    struct.calcsize("3i"))
+            pid, uid, _gid = struct.unpack("3i", creds)
+        except (OSError, AttributeError) as exc:
+            log.warning("refusing a connection: its peer's uid is unknown: %s", exc)
+            return False
+        if uid in allowed:
+            return True
+        log.warning("refusing a connection from uid %d (pid %d): not an --allow-uid", uid, pid)
+        return False
+
+    def _make_room(self) -> bool:
+        """Below max_connections, or after evicting a connection waiting for a request with
+        no open copy: True. False if every connection has a copy open (or is busy).
+
+        The victim is the one idle the longest among those that never sent a byte, else
+        among those never answered (no whole request yet), else among all: a host that
+        talks keeps its slot while bare connections come and go."""
+        live = [s for s in self._sessions if not s.evicted]
+        if len(live) < self.config.max_connections:
+            return True
+        idle = [s for s in live if s.evictable]
+        if not idle:
+            log.warning("refusing a connection: %d connections open, each with an open copy",
+                        len(live))
+            return False
+        victim = min(idle, key=lambda s: (s.heard, s.answered, s.last_active))
+        self.stats.evicted_connections += 1
+        log.warning("%s: evicted for a new connection (%d connections open, it was idle the"
+                    " longest: %.1f s)", victim.peer, len(live),
+                    trio.current_time() - victim.last_active)
+        victim.evict()
+        return True
 
     async def _run_session(self, session: Session) -> None:
         try:

@@ -32,6 +32,7 @@ from .events import (
     StartCopy,
     WriteData,
 )
+from .logsafe import escape
 from .protocol import GuestConnection
 from .sink_api import Sink, SinkCopy
 
@@ -72,9 +73,11 @@ class CopyRecord:
         return self.received / self.seconds / 1e6 if self.seconds > 0 else 0.0
 
     def __str__(self) -> str:
-        return (f"copy {self.outcome}: {self.target} ({self.received}/{self.size} bytes, "
-                f"{self.seconds:.3f} s, {self.mb_per_s:.1f} MB/s) from {self.peer}"
-                + (f": {describe_status(self.status)}: {self.reason}" if self.reason else ""))
+        # target and reason carry guest-chosen names: escaped, so one record is one line.
+        return (f"copy {self.outcome}: {escape(self.target)} ({self.received}/{self.size}"
+                f" bytes, {self.seconds:.3f} s, {self.mb_per_s:.1f} MB/s) from {self.peer}"
+                + (f": {describe_status(self.status)}: {escape(self.reason)}"
+                   if self.reason else ""))
 
 
 class Session:
@@ -86,19 +89,27 @@ class Session:
         connection: a fresh GuestConnection configured by the server.
         idle_timeout: seconds without a byte from the host, or with answers the host
             does not take, before the connection is dropped (any open copy aborted).
+        message_timeout: seconds a message may take to arrive once its first byte has.
         receive_size: bytes asked for per receive.
         peer: a name for the log.
         on_record: called with the record of every copy that ends.
     """
 
     def __init__(self, stream: trio.abc.Stream, sink: Sink, connection: GuestConnection,
-                 *, idle_timeout: float, receive_size: int = 256 * 1024,
+                 *, idle_timeout: float, message_timeout: float = math.inf,
+                 receive_size: int = 256 * 1024,
                  peer: str = "host",
                  on_record: Callable[[CopyRecord], None] | None = None) -> None:
         self.stream = stream
         self.sink = sink
         self.conn = connection
         self.idle_timeout = idle_timeout
+        self.message_timeout = message_timeout
+        self._message_since: float | None = None  # when the pending message began
+        self.last_active = trio.current_time()
+        self.heard = False  # has sent a byte: not a bare connect
+        self.answered = False  # has been answered: a host that completes requests
+        self.evicted = False
         self.receive_size = receive_size
         self.peer = peer
         self.on_record = on_record
@@ -109,7 +120,7 @@ class Session:
             self._feed = connection.receive_message
         self._started = 0.0
         self._stopping = False
-        self._receiving = False
+        self._receiving = True  # not serving yet counts as waiting: stop or evict at once
         # One cancel scope for the whole connection: its deadline is pushed forward as the
         # host makes progress, lazily (see _touch), instead of a fresh deadline scope
         # around every receive and send (about 6 us each in trio: a large part of a
@@ -120,6 +131,16 @@ class Session:
     @property
     def copy_open(self) -> bool:
         return self.copy is not None
+
+    @property
+    def evictable(self) -> bool:
+        """Waiting for a request with no open copy: the server may evict it."""
+        return self._receiving and self.copy is None and not self.evicted
+
+    def evict(self) -> None:
+        """Close now (only while :attr:`evictable`): the server needs the slot."""
+        self.evicted = True
+        self._scope.cancel()
 
     def request_stop(self) -> None:
         """Leave as soon as no copy is open (now, if none is): graceful shutdown."""
@@ -146,9 +167,20 @@ class Session:
         1/16 of it, so a connection is dropped after idle_timeout to 17/16 of it without
         progress, and the deadline changes at most 16 times per idle_timeout.
         """
-        deadline = trio.current_time() + self.idle_timeout
+        now = self.last_active = trio.current_time()
+        self.heard = True
+        deadline = now + self.idle_timeout
         if self._scope.deadline < deadline:
             self._scope.deadline = deadline + self._slack
+
+    def _bound_message(self, received: int) -> None:
+        """Part of a message is buffered: it must be complete message_timeout after its
+        first byte arrived (all of it came in this chunk if no more than this chunk is
+        buffered: the message began here)."""
+        since = self._message_since
+        if since is None or self.conn.buffered <= received:
+            since = self._message_since = trio.current_time()
+        self._scope.deadline = min(self._scope.deadline, since + self.message_timeout)
 
     async def _serve(self) -> None:
         # The scope can only fire while waiting to receive (no byte from the host), while
@@ -166,15 +198,26 @@ class Session:
                 self._touch()
                 self._feed(data)
                 answers, closed = await self._handle_events()
+                if self.conn.buffered:
+                    self._bound_message(len(data))
+                else:
+                    self._message_since = None
                 if answers:
-                    sending = True
+                    sending = self.answered = True
                     await self.stream.send_all(answers)
                     sending = False
                     self._touch()
                 if closed:
                     return
             return
-        if sending:
+        if self.evicted:
+            self._drop_copy("aborted", Status.E_FAIL, "evicted")
+        elif self._message_since is not None and (
+                trio.current_time() >= self._message_since + self.message_timeout):
+            log.warning("%s: a message not complete %.1f s after its first byte, closing",
+                        self.peer, self.message_timeout)
+            self._drop_copy("aborted", Status.E_FAIL, "message timeout")
+        elif sending:
             log.warning("%s: host not reading answers for %.1f s, closing", self.peer,
                         self.idle_timeout)
             self._drop_copy("aborted", Status.E_FAIL, "host not reading answers")
@@ -195,7 +238,7 @@ class Session:
             try:
                 event = conn.next_event()
             except FramingError as exc:
-                log.warning("%s: framing error, closing: %s", self.peer, exc)
+                log.warning("%s: framing error, closing: %s", self.peer, escape(str(exc)))
                 self._drop_copy("aborted", exc.status_hint, f"framing error: {exc}")
                 return out, True
             if event is NEED_DATA:
@@ -221,7 +264,7 @@ class Session:
                                  event.reason)
                 else:
                     log.warning("%s: refused request: %s: %s", self.peer,
-                                describe_status(event.status), event.reason)
+                                describe_status(event.status), escape(event.reason))
                 conn.answer_into(out, event)
             elif isinstance(event, CopyAborted):
                 self._drop_copy("aborted", event.status, event.reason)

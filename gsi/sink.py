@@ -1,28 +1,21 @@
 """FileSink: the only code that touches the destination filesystem.
 
-Theory of operation: :meth:`FileSink.begin` resolves the guest path under the destination
-root (see :mod:`gsi.paths`: ``..`` refused, symlinks followed only inside the root, every
-step fd-relative with ``O_NOFOLLOW``), checks the target entry and the free space, and
-creates a temp file *in the target directory*. :class:`OpenCopy` writes the data there
-(``pwrite``, contiguous fragments coalesced), and :meth:`OpenCopy.commit` makes it the
-target in one step: ``rename`` over the target with OVER_WRITE, otherwise ``link`` (which
-fails with EEXIST rather than clobber) then ``unlink`` of the temp. Until then the target
-and its old content are untouched; every failure, :meth:`OpenCopy.abort` included, removes
-the temp file.
+Theory of operation: :meth:`FileSink.begin` checks every name (before anything is created),
+resolves the guest path under the destination root (see :mod:`gsi.paths`: ``..`` refused,
+symlinks followed only inside the root, every step fd-relative with ``O_NOFOLLOW``),
+checks the target entry and the free space (:mod:`gsi.space`: what other open copies
+declared counts), and creates a temp file *in the target directory* (:mod:`gsi.temps`:
+unnamed with ``O_TMPFILE`` where the filesystem allows, else named). :class:`OpenCopy`
+writes the data there (``pwrite``, contiguous fragments coalesced), and
+:meth:`OpenCopy.commit` makes it the target in one step, after checking that its directory
+is still reached from the root by the same path: a link that fails with EEXIST rather than
+clobber, or with OVER_WRITE a rename over the target. Until then the target and its old
+content are untouched; every failure, :meth:`OpenCopy.abort` included, removes the temp
+file. Everything here is synchronous and blocking: every call may wait on the disk, so
+the session makes them in worker threads.
 
-Everything here is synchronous, and these calls make system calls that can wait on the
-disk: :meth:`FileSink.begin` (the path walk, mkdir, creating and, with ``preallocate``,
-allocating the temp file, ``fstatvfs``), :meth:`OpenCopy.commit` (the last ``pwrite``,
-fsync of file and directory, link or rename, unlink), :meth:`OpenCopy.abort` (close and
-unlink), :meth:`FileSink.cleanup_stale_temps` (a directory walk and unlinks) and
-:meth:`OpenCopy.write` whenever it writes instead of only buffering (a fragment that
-does not extend the buffered run, or a full coalesce buffer: ``pwrite`` into the page
-cache, which can wait on writeback). Only :meth:`OpenCopy.write` of a fragment that fits
-the buffered run is a plain memory copy.
-
-Temp files are named ``.gsi-<pid>-<16 lowercase hex digits>.part`` (:data:`TEMP_NAME_RE`),
-``<pid>`` being the receiver's process id in decimal, so that
-:meth:`FileSink.cleanup_stale_temps` can remove those left behind by a receiver that died.
+Named temp files embed the token of the receiver's instance lock (:mod:`gsi.sweep`), so
+that :meth:`FileSink.cleanup_stale_temps` removes exactly those of receivers that died.
 """
 
 from __future__ import annotations
@@ -32,41 +25,32 @@ import errno
 import functools
 import logging
 import os
-import re
-import secrets
-import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
+from .begin import MAX_FILE_SIZE, DestinationRules, name_max, open_destination
 from .constants import CopyFlags, Status
 from .errors import SinkError
-from .paths import (
-    check_file_name,
-    check_target,
-    describe_oserror,
-    guest_path,
-    open_directory,
-    sink_error_from,
-    split_path_name,
+from .paths import DirGuard, describe_oserror, sink_error_from
+from .space import SpaceLedger
+from .sweep import InstanceLock, sweep_stale_temps
+from .temps import (
+    TEMP_NAME_FORMAT,
+    TEMP_NAME_RE,
+    Temp,
+    TempPolicy,
+    commit_temp,
+    create_temp,
+    remove_temp,
 )
 
-__all__ = ["TEMP_NAME_FORMAT", "TEMP_NAME_RE", "FileSink", "OpenCopy"]
+__all__ = ["MAX_FILE_SIZE", "TEMP_FILE_MODES", "TEMP_NAME_FORMAT", "TEMP_NAME_RE",
+           "FileSink", "OpenCopy"]
 
 log = logging.getLogger(__name__)
 
-TEMP_NAME_FORMAT: Final = ".gsi-{pid}-{token}.part"
-"""Temp file name: ``pid`` in decimal, ``token`` 16 lowercase hex digits (64 random bits)."""
-
-TEMP_NAME_RE: Final = re.compile(r"\.gsi-(?P<pid>[1-9][0-9]{0,9})-[0-9a-f]{16}\.part")
-"""Matches (with ``fullmatch``) exactly the names :data:`TEMP_NAME_FORMAT` produces."""
-
-_TEMP_ATTEMPTS: Final = 8
-
-
-@functools.cache
-def _temp_flags() -> int:
-    """POSIX-only flags, read on first use (see :func:`gsi.paths.dir_flags`)."""
-    return os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+TEMP_FILE_MODES: Final = ("auto", "named")
+"""``temp_files`` values: unnamed temps where possible, or always named ones."""
 
 
 @functools.cache
@@ -80,17 +64,6 @@ def _close_quietly(fd: int | None) -> None:
             os.close(fd)
 
 
-def _pid_is_dead(pid: int) -> bool:
-    """True only if no process with this pid exists (as seen from this pid namespace)."""
-    try:
-        os.kill(pid, 0)  # PermissionError: it exists, owned by someone else
-    except (ProcessLookupError, OverflowError):  # Overflow: beyond any pid handed out
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
 class OpenCopy:
     """One file being received into a temp file; made by :meth:`FileSink.begin`.
 
@@ -99,7 +72,6 @@ class OpenCopy:
         file_size: the size announced at START.
         bytes_written: data bytes accepted by :meth:`write` (overlaps counted again).
         flushes: batches written to the file (one ``pwrite`` loop each), for tests.
-        temp_name: the temp file's name in the target directory.
     """
 
     def __init__(
@@ -114,8 +86,14 @@ class OpenCopy:
         file_mode: int | None,
         preallocate: bool,
         coalesce_bytes: int,
+        temps: TempPolicy,
+        guard: DirGuard | None = None,
+        release: Callable[[], None] | None = None,
     ) -> None:
         """Create the temp file in ``dir_fd`` (consumed: closed on failure and by the copy).
+
+        ``guard`` (consumed too) checks the directory again at commit; ``release`` is called
+        once when the copy ends (or its space is preallocated).
 
         Raises:
             SinkError: the temp file cannot be created or preallocated (nothing is left).
@@ -133,41 +111,44 @@ class OpenCopy:
         self._fill = 0
         self._buf_start = 0
         self._fd: int | None = None
-        self.temp_name = ""
+        self._temp: Temp | None = None
+        self._temps = temps
+        self._guard = guard
+        self._release = release
         try:
             self._buf = bytearray(self._capacity)
             self._create_temp(file_mode)
             if preallocate and file_size > 0:
-                assert self._fd is not None
-                try:
-                    os.posix_fallocate(self._fd, 0, file_size)
-                except OSError as exc:
-                    if exc.errno != errno.EOPNOTSUPP:
-                        doing = f"preallocating {file_size} bytes for {target}"
-                        raise sink_error_from(exc, doing) from None
+                self._preallocate()
         except BaseException:
             self.abort()
             raise
 
     def _create_temp(self, file_mode: int | None) -> None:
         assert self._dir_fd is not None
-        for _ in range(_TEMP_ATTEMPTS):
-            name = TEMP_NAME_FORMAT.format(pid=os.getpid(), token=secrets.token_hex(8))
-            try:
-                self._fd = os.open(name, _temp_flags(), 0o644, dir_fd=self._dir_fd)
-            except FileExistsError:
-                continue
-            except OSError as exc:
-                raise sink_error_from(exc, f"creating a temp file for {self.target}") from None
-            self.temp_name = name
-            break
-        else:
-            raise SinkError(Status.E_FAIL, f"no free temp file name for {self.target}")
+        self._temp = create_temp(self._dir_fd, self._temps, self.target)
+        self._fd = self._temp.fd
         if file_mode is not None:
             try:
                 os.fchmod(self._fd, file_mode)
             except OSError as exc:
                 raise sink_error_from(exc, f"setting mode {file_mode:o} on {self.target}") from None
+
+    def _preallocate(self) -> None:
+        assert self._fd is not None
+        try:
+            os.posix_fallocate(self._fd, 0, self.file_size)
+        except OSError as exc:
+            if exc.errno != errno.EOPNOTSUPP:
+                doing = f"preallocating {self.file_size} bytes for {self.target}"
+                raise sink_error_from(exc, doing) from None
+            return
+        self._end_reservation()  # the filesystem's free space now accounts for it
+
+    @property
+    def temp_name(self) -> str:
+        """The temp file's name in the target directory; "" while it has none (unnamed)."""
+        return self._temp.name if self._temp is not None else ""
 
     @property
     def is_open(self) -> bool:
@@ -247,24 +228,58 @@ class OpenCopy:
             done += written
 
     def commit(self) -> None:
-        """Make the temp file the target: flush, fsync, check size, then rename or link.
+        """Make the temp file the target: flush, fsync, check size and place, then link.
 
-        With OVER_WRITE the temp is renamed over the target (replacing the entry itself,
-        so a symlink target is replaced, never written through). Without it the temp is
-        hard-linked to the target name, which fails rather than clobber an entry that
-        appeared since :meth:`FileSink.begin`, then unlinked. With ``fsync`` the file is
-        fsynced before and the directory after.
+        The target directory must still be reached from the root by the path walked at
+        :meth:`FileSink.begin` (same device and inode). Without OVER_WRITE the temp is
+        linked to the target name, which fails rather than clobber an entry that appeared
+        since :meth:`FileSink.begin`. With OVER_WRITE it replaces the entry itself (so a
+        symlink target is replaced, never written through). A named temp must still be
+        this file. With ``fsync`` the file is fsynced before and the directory after.
 
         Raises:
             SinkError: ALREADY_EXISTS if the target appeared meanwhile (without OVER_WRITE),
+                ACCESS_DENIED if the directory left the root or a named temp was replaced,
                 E_FAIL if the temp file's size is not ``file_size`` or the copy is no longer
                 open, otherwise per the OSError. The temp is removed and the target is
                 untouched, except when only the final directory fsync fails (E_FAIL): the
                 target is then already in place but may not be durable.
         """
         fd = self._require_open("commit")
-        dir_fd = self._dir_fd
-        assert dir_fd is not None
+        self._finish(fd)
+        dir_fd, temp = self._dir_fd, self._temp
+        assert dir_fd is not None and temp is not None
+        try:
+            if self._guard is not None:
+                self._guard.check(dir_fd, self.target)
+            commit_temp(temp, dir_fd, self._file_name, overwrite=self._overwrite,
+                        policy=self._temps, target=self.target)
+        except SinkError:
+            self.abort()
+            raise
+        except OSError as exc:
+            self.abort()
+            raise self._commit_error(exc) from None
+        except Exception as exc:
+            self.abort()
+            why = f"committing {self.target} failed: {type(exc).__name__}: {exc}"
+            raise SinkError(Status.E_FAIL, why) from None
+        self._temp = self._fd = None
+        _close_quietly(fd)
+        try:
+            if self._fsync:
+                os.fsync(dir_fd)
+        except OSError as exc:
+            raise SinkError(
+                Status.E_FAIL,
+                f"{self.target} is in place but fsync of its directory failed:"
+                f" {describe_oserror(exc)}",
+            ) from None
+        finally:
+            self._end()
+
+    def _finish(self, fd: int) -> None:
+        """Flush, fsync and check the size; aborts and raises SinkError on failure."""
         try:
             self._flush(fd)
             if self._fsync:
@@ -277,41 +292,6 @@ class OpenCopy:
             self.abort()
             why = f"{self.target} got {size} bytes, not the announced {self.file_size}"
             raise SinkError(Status.E_FAIL, why + "; nothing committed")
-        self._close_file()
-        try:
-            if self._overwrite:
-                os.rename(self.temp_name, self._file_name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-            else:
-                os.link(
-                    self.temp_name,
-                    self._file_name,
-                    src_dir_fd=dir_fd,
-                    dst_dir_fd=dir_fd,
-                    follow_symlinks=False,
-                )
-        except OSError as exc:
-            self.abort()
-            raise self._commit_error(exc) from None
-        if not self._overwrite:
-            try:
-                os.unlink(self.temp_name, dir_fd=dir_fd)
-            except OSError as exc:  # the target is in place; only a spare link remains
-                why = describe_oserror(exc)
-                log.warning(
-                    "committed %s; temp %s not removed: %s", self.target, self.temp_name, why
-                )
-        self.temp_name = ""
-        try:
-            if self._fsync:
-                os.fsync(dir_fd)
-        except OSError as exc:
-            raise SinkError(
-                Status.E_FAIL,
-                f"{self.target} is in place but fsync of its directory failed:"
-                f" {describe_oserror(exc)}",
-            ) from None
-        finally:
-            self._close_dir()
 
     def _commit_error(self, exc: OSError) -> SinkError:
         if exc.errno == errno.EEXIST:
@@ -327,31 +307,33 @@ class OpenCopy:
 
     def abort(self) -> None:
         """Close and remove the temp file; the target is untouched. Idempotent, never raises."""
-        self._close_file()
-        if self.temp_name and self._dir_fd is not None:
-            try:
-                os.unlink(self.temp_name, dir_fd=self._dir_fd)
-            except FileNotFoundError:  # already gone: nothing to do
-                pass
-            except OSError as exc:
-                why = describe_oserror(exc)
-                log.warning("temp %s of %s not removed: %s", self.temp_name, self.target, why)
-        self.temp_name = ""
+        temp, self._temp = self._temp, None
+        self._fd = None
+        if temp is not None:
+            if self._dir_fd is None:
+                _close_quietly(temp.fd)
+            else:
+                remove_temp(temp, self._dir_fd, self.target)
         self._fill = 0
-        self._close_dir()
+        self._end()
 
     def _require_open(self, what: str) -> int:
         if self._fd is None:
             raise SinkError(Status.E_FAIL, f"cannot {what} {self.target}: the copy is not open")
         return self._fd
 
-    def _close_file(self) -> None:
-        fd, self._fd = self._fd, None
-        _close_quietly(fd)
+    def _end_reservation(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            release()
 
-    def _close_dir(self) -> None:
+    def _end(self) -> None:
+        """Release what the copy holds besides its temp: space, directory, root fd."""
+        self._end_reservation()
         fd, self._dir_fd = self._dir_fd, None
         _close_quietly(fd)
+        if self._guard is not None:
+            self._guard.close()
 
     def __repr__(self) -> str:
         state = "open" if self.is_open else "closed"
@@ -368,18 +350,23 @@ class FileSink:
         file_mode: None creates files with mode 0o644 less the umask; otherwise each file
             is fchmod-ed to exactly this mode.
         dir_mode: mode of directories created for CREATE_PATH (the umask applies).
-        preallocate: ``posix_fallocate`` the temp file to ``file_size`` at begin.
+        preallocate: ``posix_fallocate`` the temp file to ``file_size`` at begin; implies
+            the free-space check.
         check_free_space: refuse at begin (DISK_FULL) a ``file_size`` larger than the free
-            space (``f_bavail * f_frsize``) of the target's filesystem.
+            space (``f_bavail * f_frsize``) of the target's filesystem less the sizes other
+            open copies there declared (see :mod:`gsi.space`).
         coalesce_bytes: contiguous writes are gathered up to this many bytes per
             ``pwrite``; 0 writes every fragment at once.
         linux_create_path: CREATE_PATH as the Linux daemons do it: the last component
             of ``path_name`` is created only when ``path_name`` ends in "/" (by
             default every missing component is created).
+        temp_files: "auto": unnamed temp files (``O_TMPFILE``) where the filesystem has
+            them, named ones elsewhere; "named": always named ones (see :mod:`gsi.temps`).
 
     Raises:
         SinkError: PATH_NOT_FOUND if ``root`` does not exist or is not a directory,
             ACCESS_DENIED if it cannot be opened for lack of permission.
+        ValueError: an unknown ``temp_files``.
     """
 
     def __init__(
@@ -393,7 +380,10 @@ class FileSink:
         check_free_space: bool = True,
         coalesce_bytes: int = 1 << 20,
         linux_create_path: bool = False,
+        temp_files: str = "auto",
     ) -> None:
+        if temp_files not in TEMP_FILE_MODES:
+            raise ValueError(f"temp_files must be one of {TEMP_FILE_MODES}, not {temp_files!r}")
         self.root = os.fspath(root)
         self.linux_create_path = linux_create_path
         self.fsync = fsync
@@ -402,6 +392,7 @@ class FileSink:
         self.preallocate = preallocate
         self.check_free_space = check_free_space
         self.coalesce_bytes = coalesce_bytes
+        self.temp_files = temp_files
         try:
             self._root_fd: int | None = os.open(self.root, _root_flags())
         except (FileNotFoundError, NotADirectoryError):
@@ -412,89 +403,78 @@ class FileSink:
         except OSError as exc:
             raise sink_error_from(exc, f"opening destination root {self.root!r}") from None
         self.root_real = os.path.realpath(self.root)
+        self._rules = DestinationRules(
+            root_real=self.root_real, name_max=name_max(self._root_fd), dir_mode=dir_mode,
+            linux_create_path=linux_create_path, declare_space=check_free_space or preallocate)
+        self._instance = InstanceLock()
+        self._space = SpaceLedger()
+        self._temps = TempPolicy(
+            unnamed=temp_files == "auto" and os.path.isdir("/proc/self/fd"),
+            instance=lambda: self._instance.acquire(self._require_root()),
+            token=lambda: self._instance.token,
+        )
 
     def begin(self, path_name: str, file_name: str, flags: CopyFlags, file_size: int) -> OpenCopy:
-        """Start receiving ``path_name/file_name``: resolve, check, create the temp file.
+        """Start receiving ``path_name/file_name``: check, resolve, create the temp file.
 
-        Directories missing for CREATE_PATH are created (after the free-space check).
+        Every name is checked (length, encoding, reserved names) before anything is
+        created; directories missing for CREATE_PATH are created after the free-space
+        check.
 
         Raises:
             SinkError: with the status PROTOCOL.md section 8 gives: ACCESS_DENIED (``..``,
-                symlink outside the root, directory target with OVER_WRITE, permissions),
+                symlink outside the root, directory target with OVER_WRITE, permissions,
+                a file name reserved for the receiver's temp and lock files),
                 PATH_NOT_FOUND (missing directory without CREATE_PATH, dangling symlink,
                 non-directory on the way), ALREADY_EXISTS (target exists without
-                OVER_WRITE), DISK_FULL (``file_size`` above the free space), INVALIDARG
-                (bad names, negative ``file_size``), else E_FAIL. No temp file remains.
+                OVER_WRITE), DISK_FULL (``file_size`` above the free space less what other
+                open copies declared), INVALIDARG (bad or too long names, ``file_size``
+                negative or above :data:`MAX_FILE_SIZE`), else E_FAIL: any failure,
+                expected or not, becomes a SinkError with its reason. No temp file remains.
             ValueError: the sink is closed.
         """
         root_fd = self._require_root()
-        flags = CopyFlags(flags)
-        parts = split_path_name(path_name)
-        check_file_name(file_name)
-        target = guest_path(parts, file_name)
-        if file_size < 0:
-            raise SinkError(Status.INVALIDARG, f"negative file size {file_size} for {target}")
-        space_checked = False
-
-        def before_mkdir(fd: int) -> None:
-            nonlocal space_checked
-            self._check_space(fd, file_size, target)
-            space_checked = True
-
-        create = bool(flags & CopyFlags.CREATE_PATH)
-        if create and self.linux_create_path and parts and not path_name.endswith("/"):
-            # Linux creates only the components a "/" follows; the last must exist.
-            os.close(open_directory(root_fd, self.root_real, parts[:-1], create=True,
-                                    dir_mode=self.dir_mode, before_mkdir=before_mkdir))
-            create = False
-        dir_fd = open_directory(
-            root_fd,
-            self.root_real,
-            parts,
-            create=create,
-            dir_mode=self.dir_mode,
-            before_mkdir=before_mkdir,
-        )
         try:
-            check_target(dir_fd, file_name, flags, target)
-            if not space_checked:
-                self._check_space(dir_fd, file_size, target)
-        except BaseException:
-            os.close(dir_fd)
+            return self._begin(root_fd, path_name, file_name, CopyFlags(flags), file_size)
+        except SinkError:
             raise
+        except OSError as exc:
+            raise sink_error_from(exc, f"starting {path_name!r} / {file_name!r}") from None
+        except Exception as exc:
+            raise SinkError(
+                Status.E_FAIL,
+                f"starting {path_name!r} / {file_name!r} failed: {type(exc).__name__}: {exc}",
+            ) from None
+
+    def _begin(self, root_fd: int, path_name: str, file_name: str, flags: CopyFlags,
+               file_size: int) -> OpenCopy:
+        where = open_destination(root_fd, self._rules, self._space, path_name, file_name,
+                                 flags, file_size)
         return OpenCopy(
-            dir_fd=dir_fd,
+            dir_fd=where.dir_fd,
             file_name=file_name,
-            target=target,
+            target=where.target,
             flags=flags,
             file_size=file_size,
             fsync=self.fsync,
             file_mode=self.file_mode,
             preallocate=self.preallocate,
             coalesce_bytes=self.coalesce_bytes,
+            temps=self._temps,
+            guard=where.guard,
+            release=where.release,
         )
 
-    def _check_space(self, fd: int, file_size: int, target: str) -> None:
-        if not self.check_free_space or file_size == 0:
-            return
-        try:
-            st = os.fstatvfs(fd)
-        except OSError as exc:
-            raise sink_error_from(exc, f"checking free space for {target}") from None
-        free = st.f_bavail * st.f_frsize
-        if file_size > free:
-            raise SinkError(
-                Status.DISK_FULL,
-                f"{target} needs {file_size} bytes but only {free} are free there",
-            )
+    def declared_space(self, path: str | os.PathLike[str] | None = None) -> int:
+        """Bytes open copies have declared on the filesystem of ``path`` (default: root)."""
+        return self._space.held(os.stat(path if path is not None else self.root).st_dev)
 
     def cleanup_stale_temps(self) -> list[str]:
-        """Remove temp files left by receivers that died; never anything else.
+        """Remove named temp files left by receivers that died; never anything else.
 
-        Walks the whole root without following symlinks and removes regular files whose
-        name fully matches :data:`TEMP_NAME_RE` and whose pid names no live process. A
-        receiver in another pid namespace sharing the root looks dead: don't share roots
-        across containers while this runs.
+        A temp is removed only if it is a regular file whose name fully matches
+        :data:`TEMP_NAME_RE` and whose instance lock file (in the root) exists and is held
+        by no process (see :mod:`gsi.sweep`). Walks without following symlinks.
 
         Returns:
             The removed files' paths relative to the root, sorted.
@@ -502,27 +482,7 @@ class FileSink:
         Raises:
             ValueError: the sink is closed.
         """
-        root_fd = self._require_root()
-        removed: list[str] = []
-        for dirpath, _dirnames, filenames, dir_fd in os.fwalk(
-            ".", dir_fd=root_fd, follow_symlinks=False
-        ):
-            for name in filenames:
-                match = TEMP_NAME_RE.fullmatch(name)
-                if match is None or not _pid_is_dead(int(match["pid"])):
-                    continue
-                rel = os.path.normpath(os.path.join(dirpath, name))
-                try:
-                    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-                    if not stat.S_ISREG(st.st_mode):
-                        continue
-                    os.unlink(name, dir_fd=dir_fd)
-                except OSError as exc:
-                    log.warning("could not remove stale temp %s: %s", rel, describe_oserror(exc))
-                    continue
-                log.info("removed stale temp file %s", rel)
-                removed.append(rel)
-        return sorted(removed)
+        return sweep_stale_temps(self._require_root())
 
     def _require_root(self) -> int:
         if self._root_fd is None:
@@ -530,7 +490,9 @@ class FileSink:
         return self._root_fd
 
     def close(self) -> None:
-        """Close the root fd. Idempotent. Open copies keep working until they end."""
+        """Drop the instance lock and close the root fd. Idempotent. Open copies keep
+        working until they end."""
+        self._instance.release(self._root_fd)
         fd, self._root_fd = self._root_fd, None
         if fd is not None:
             os.close(fd)
@@ -543,3 +505,4 @@ class FileSink:
 
     def __repr__(self) -> str:
         return f"<FileSink root={self.root!r}{' closed' if self._root_fd is None else ''}>"
+

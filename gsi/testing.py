@@ -198,6 +198,9 @@ def receiver_args(root: str | Path, *, fsync: bool = False, **config: Any) -> li
         elif isinstance(value, bool):
             if value:
                 args.append(flag)
+        elif key == "allow_uids":
+            for uid in value:
+                args += ["--allow-uid", str(uid)]
         elif key == "file_mode" and isinstance(value, int):
             args += [flag, f"{value:o}"]
         elif value is not None:

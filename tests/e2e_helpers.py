@@ -237,8 +237,30 @@ def run_receiver_cli(*args: str | os.PathLike[str],
 
 
 def temp_files(directory: Path) -> list[Path]:
-    """Receiver temp files anywhere under ``directory``."""
+    """Receiver temp files anywhere under ``directory`` (named ones: see open_temps)."""
     return sorted(directory.rglob(TEMP_GLOB))
+
+
+def open_temps(directory: Path, pid: int | None = None) -> list[int]:
+    """Sizes of the unnamed (``O_TMPFILE``) temp files process ``pid`` (default: this
+    one) has open anywhere under ``directory``: ``/proc/PID/fd/N`` links to
+    ``DIR/#INODE (deleted)``."""
+    pid = os.getpid() if pid is None else pid
+    sizes = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if (link.startswith(f"{directory}/") and link.endswith(" (deleted)")
+                    and os.path.basename(link).startswith("#")):
+                sizes.append(os.stat(f"/proc/{pid}/fd/{fd}").st_size)
+        except FileNotFoundError:  # closed meanwhile
+            continue
+    return sizes
+
+
+def all_temps(directory: Path, pid: int | None = None) -> int:
+    """Named plus unnamed temp files of process ``pid`` under ``directory``."""
+    return len(temp_files(directory)) + len(open_temps(directory, pid))
 
 
 Snapshot = dict[str, tuple[str, bytes | str | None]]

@@ -3,17 +3,39 @@ file lookup, waiting for the receiver to drop its sessions, a receiver's memory 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import stat
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import trio
 
 from gsi.sink import TEMP_NAME_RE
 from gsi.testing import Guest
 
 Snapshot = dict[str, tuple[str, str]]
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(mount_point: Path, size: str | int) -> Iterator[Path]:
+    """A fresh tmpfs of ``size`` (``1m``, ``64m``) mounted on the existing directory
+    ``mount_point`` (mode 0755), lazily unmounted afterwards (a failed test may still hold
+    fds there). Skips the test where it cannot be mounted (mounting needs root)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755",
+                           "gsi-tmpfs", str(mount_point)],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 def snapshot(top: Path) -> Snapshot:

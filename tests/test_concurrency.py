@@ -13,6 +13,7 @@ import pytest
 import trio
 from e2e_helpers import (
     ReceiverProcess,
+    all_temps,
     random_bytes,
     receive_until_eof,
     running_receiver,
@@ -96,7 +97,7 @@ async def test_same_target_interleaved_with_force(receiver: ReceiverProcess) -> 
                 for host, data in ((ha, a), (hb, b)):
                     (answer,) = await write_range(host, data, offset, min(offset + 6144, size))
                     assert answer.ok
-            assert len(temp_files(target.parent)) == 2  # one temp file per copy
+            assert all_temps(target.parent, receiver.proc.pid) == 2  # one temp per copy
             assert not target.exists()
             assert (await ha.request(ha.conn.complete())).ok
             assert target.read_bytes() == a
@@ -196,7 +197,7 @@ async def test_16_copies_open_at_the_same_moment(tmp_path: Path) -> None:
                 assert (await start_copy(host, "/open/", f"f{i}.bin", len(datas[i]),
                                          create=True)).ok
             assert guest.receiver.active_connections == N_CONNECTIONS
-            assert len(temp_files(guest.root)) == N_CONNECTIONS
+            assert all_temps(guest.root) == N_CONNECTIONS
 
             async def finish(host: HostClient, data: bytes) -> None:
                 answers = await write_range(host, data, 0, len(data))

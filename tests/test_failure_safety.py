@@ -19,6 +19,7 @@ import trio
 from e2e_helpers import (
     REPO,
     ReceiverProcess,
+    open_temps,
     random_bytes,
     receive_until_eof,
     running_receiver,
@@ -35,10 +36,13 @@ OLD = b"the old content, which must survive\n" * 100
 NEW_SIZE = 200_000
 
 
-@pytest.fixture(scope="module")
-def receiver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReceiverProcess]:
+@pytest.fixture(scope="module", params=["auto", "named"])
+def receiver(tmp_path_factory: pytest.TempPathFactory,
+             request: pytest.FixtureRequest) -> Iterator[ReceiverProcess]:
+    """Once with unnamed temp files (O_TMPFILE: the default here), once with named ones."""
     root = tmp_path_factory.mktemp("safety-root")
-    with short_tempdir() as d, running_receiver(root, [f"unix://{d}/rx.sock"]) as rx:
+    with short_tempdir() as d, running_receiver(root, [f"unix://{d}/rx.sock"],
+                                                ["--temp-files", request.param]) as rx:
         yield rx
 
 
@@ -49,15 +53,22 @@ def _existing_target(rx: ReceiverProcess, name: str) -> Path:
     return target
 
 
-def _assert_untouched(target: Path) -> None:
+def _assert_untouched(rx: ReceiverProcess, target: Path) -> None:
     assert target.read_bytes() == OLD
+    assert _unnamed_temps(rx, target.parent) == 0
     assert temp_files(target.parent) == [], temp_files(target.parent)
     assert not any(p.name.startswith(".gsi-") for p in target.parent.iterdir())
 
 
-def _assert_copy_in_progress(target: Path) -> None:
-    """Mid-copy the data goes to a temp file beside the target; the target is untouched."""
-    assert len(temp_files(target.parent)) == 1
+def _unnamed_temps(rx: ReceiverProcess, directory: Path) -> int:
+    return len(open_temps(directory, rx.proc.pid))
+
+
+def _assert_copy_in_progress(rx: ReceiverProcess, target: Path) -> None:
+    """Mid-copy the data goes to a temp file beside the target (named, or unnamed: only
+    an open file of the receiver's); the target is untouched."""
+    named, unnamed = len(temp_files(target.parent)), _unnamed_temps(rx, target.parent)
+    assert (named, unnamed) == ((1, 0) if "named" in rx.args else (0, 1))
     assert target.read_bytes() == OLD
 
 
@@ -69,16 +80,16 @@ async def test_cancel(receiver: ReceiverProcess) -> None:
         async with open_host(receiver.url) as host:
             assert (await start_copy(host, "/safety/", target.name, NEW_SIZE, force=True)).ok
             assert all(a.ok for a in await write_range(host, data, 0, 6144 * 10))
-            _assert_copy_in_progress(target)
+            _assert_copy_in_progress(receiver, target)
             answer = await host.request(host.conn.cancel())
             assert answer.status == Status.S_OK
-            _assert_untouched(target)
+            _assert_untouched(receiver, target)
             # the copy is over: later WRITEs are refused
             late = await host.request(host.conn.write(6144 * 10, data[6144 * 10:6144 * 11]))
             assert late.status == Status.E_FAIL
     await receiver.await_log(r"copy cancelled: /safety/cancel\.bin \(61440/200000 bytes, "
                              r"[\d.]+ s, [\d.]+ MB/s\) from .*: the host cancelled", since=mark)
-    _assert_untouched(target)
+    _assert_untouched(receiver, target)
 
 
 HOST_SCRIPT = """
@@ -116,7 +127,7 @@ async def test_host_process_killed_mid_copy(receiver: ReceiverProcess) -> None:
                 chunk = await proc.stdout.receive_some(100)
                 assert chunk, f"host script ended early: {got!r}"
                 got += chunk
-            _assert_copy_in_progress(target)
+            _assert_copy_in_progress(receiver, target)
             proc.kill()  # SIGKILL: no CANCEL, no goodbye; the kernel closes the socket
         finally:
             if proc.returncode is None:
@@ -128,7 +139,7 @@ async def test_host_process_killed_mid_copy(receiver: ReceiverProcess) -> None:
         await receiver.await_log(r"copy aborted: /safety/killed\.bin \(49152/200000 bytes, "
                                  r"[\d.]+ s, [\d.]+ MB/s\) from .*: connection closed mid-copy",
                                  since=mark)
-    _assert_untouched(target)
+    _assert_untouched(receiver, target)
 
 
 @pytest.mark.parametrize("missing", ["tail", "hole", "all"])
@@ -144,10 +155,10 @@ async def test_complete_with_missing_bytes(receiver: ReceiverProcess, missing: s
             elif missing == "hole":  # everything but one fragment in the middle
                 await write_range(host, data, 0, 6144 * 5)
                 await write_range(host, data, 6144 * 6, NEW_SIZE)
-            _assert_copy_in_progress(target)
+            _assert_copy_in_progress(receiver, target)
             answer = await host.request(host.conn.complete())
             assert answer.status == Status.E_FAIL
-            _assert_untouched(target)
+            _assert_untouched(receiver, target)
             # the channel still works: a full copy of the same target now commits
             assert (await start_copy(host, "/safety/", target.name, NEW_SIZE, force=True)).ok
             await write_range(host, data, 0, NEW_SIZE)
@@ -168,12 +179,12 @@ async def test_refused_write_ends_the_copy(receiver: ReceiverProcess) -> None:
             await write_range(host, data, 0, 6144 * 3)
             beyond = await host.request(host.conn.write(NEW_SIZE - 10, b"x" * 11))
             assert beyond.status == Status.INVALIDARG
-            _assert_untouched(target)
+            _assert_untouched(receiver, target)
             later = await host.request(host.conn.write(6144 * 3, data[6144 * 3:6144 * 4]))
             assert later.status == Status.E_FAIL
             complete = await host.request(host.conn.complete())
             assert complete.status == Status.E_FAIL
-    _assert_untouched(target)
+    _assert_untouched(receiver, target)
 
 
 async def test_new_start_aborts_the_open_copy(receiver: ReceiverProcess) -> None:
@@ -184,13 +195,13 @@ async def test_new_start_aborts_the_open_copy(receiver: ReceiverProcess) -> None
         async with open_host(receiver.url) as host:
             assert (await start_copy(host, "/safety/", target.name, NEW_SIZE, force=True)).ok
             await write_range(host, data, 0, 6144 * 3)
-            _assert_copy_in_progress(target)
+            _assert_copy_in_progress(receiver, target)
             assert (await start_copy(host, "/safety/", other.name, 5, force=True)).ok
             assert target.read_bytes() == OLD
-            assert len(temp_files(target.parent)) == 1  # only the new copy's temp
+            _assert_copy_in_progress(receiver, target)  # only the new copy's temp
             await write_range(host, b"hello", 0, 5)
             assert (await host.request(host.conn.complete())).ok
-    _assert_untouched(target)
+    _assert_untouched(receiver, target)
     assert other.read_bytes() == b"hello"
 
 
@@ -204,11 +215,11 @@ async def test_connection_closed_mid_message(receiver: ReceiverProcess) -> None:
             await write_range(host, data, 0, 6144 * 2)
             message = host.conn.write(6144 * 2, data[6144 * 2:6144 * 3])
             await host.send(message[:1000])
-            _assert_copy_in_progress(target)
+            _assert_copy_in_progress(receiver, target)
             assert isinstance(host.stream, trio.abc.HalfCloseableStream)
             await host.stream.send_eof()
             assert await receive_until_eof(host.stream) == b""
         await receiver.await_log(r"closed mid-message \(1000 bytes lost\)", since=mark)
         await receiver.await_log(r"copy aborted: /safety/halfmsg\.bin \(12288/200000 bytes",
                                  since=mark)
-    _assert_untouched(target)
+    _assert_untouched(receiver, target)

@@ -18,7 +18,7 @@ import pytest
 import trio
 from fault_helpers import content, sessions_gone, temp_files
 
-from gsi.constants import Status
+from gsi.constants import CopyFlags, Status
 from gsi.testing import Guest, open_guest
 from gsi.transports import connect
 from host_sim import Answer, HostConnection, copy_vm_file
@@ -198,8 +198,14 @@ async def test_stall_longer_than_idle_timeout_closes_at_the_timeout(guest: Guest
     assert IDLE <= elapsed < IDLE + 2  # the guest closed at its idle timeout
 
 
-async def test_abandoned_copy_is_dropped_by_the_next_start(guest: Guest) -> None:
-    """Section 8: START while a copy is open aborts it (temp removed) and goes on."""
+async def test_abandoned_copy_is_dropped_by_the_next_start() -> None:
+    """Section 8: START while a copy is open aborts it (temp removed) and goes on. Named
+    temp files, so that the open copy's temp can be seen."""
+    async with open_guest(temp_files="named") as guest:
+        await _abandoned_copy_is_dropped(guest)
+
+
+async def _abandoned_copy_is_dropped(guest: Guest) -> None:
     guest.path("/d").mkdir()
     async with FaultyHost(guest.url, window=2, answer_timeout=5) as host:
         first = await host.copy(b"x" * 50000, "/d", name="first",
@@ -240,12 +246,20 @@ async def test_idle_connections_time_out() -> None:
     assert all(IDLE * 0.9 <= r.seconds < IDLE + 3 for r in report.idle), report.idle
 
 
-async def test_idle_connections_beyond_max_connections_are_refused_at_once() -> None:
+async def test_idle_connections_beyond_max_connections_evict_each_other() -> None:
     async with open_guest(idle_timeout=30, max_connections=3) as guest:
-        # The copy's own connection (first in) plus 2 idle ones fill the 3 slots; the 3
-        # other idle ones are closed on accept. The host gives up on the 2 after 1 s.
-        report = await run(guest, "idle:connections=5,seconds=1", "stall:at=1,seconds=0.5")
-        assert guest.receiver.stats.refused_connections == 3
+        # The copy's own connection (answered before: a first copy) plus 2 idle ones fill
+        # the 3 slots; each of the 3 other idle ones evicts the bare connection that
+        # waited the longest, never the copy's. The host gives up on the 2 left after 1 s.
+        guest.path("/d").mkdir()
+        async with FaultyHost(guest.url, answer_timeout=5) as host:
+            with trio.fail_after(15):
+                first = await host.copy(DATA, "/d", name="first")
+                report = await host.copy(DATA, "/d", name="f", plan=FaultPlan.parse(
+                    ["idle:connections=5,seconds=1", "stall:at=1,seconds=0.5"]))
+        assert first.outcome == "committed"
+        assert guest.receiver.stats.evicted_connections == 3
+        assert guest.receiver.stats.refused_connections == 0
     assert report.outcome == "committed"
     refused = [r for r in report.idle if r.closed_by_guest]
     held = [r for r in report.idle if not r.closed_by_guest]
@@ -282,19 +296,33 @@ async def _negotiated(url: str) -> tuple[trio.abc.HalfCloseableStream, HostConne
     return stream, host
 
 
-async def test_max_connections_refuses_cleanly_and_frees_slots() -> None:
+async def _start(stream: trio.abc.Stream, host: HostConnection, name: str) -> None:
+    await stream.send_all(host.start_copy(file_name=name, path_name="/", flags=CopyFlags.NONE,
+                                          file_size=1))
+    while not isinstance(answer := host.next_answer(), Answer):
+        host.receive_data(await stream.receive_some(4096))
+    assert answer.ok, answer
+
+
+async def test_max_connections_evicts_the_longest_idle_then_refuses() -> None:
     async with open_guest(max_connections=2, idle_timeout=30) as guest:
         with trio.fail_after(10):
             a, _ = await _negotiated(guest.url)
-            b, _ = await _negotiated(guest.url)
+            b, hb = await _negotiated(guest.url)
+            c, hc = await _negotiated(guest.url)  # evicts a, idle the longest
+            assert await a.receive_some(1024) == b""
+            assert guest.receiver.stats.evicted_connections == 1
+            await sessions_gone(guest, keep=2)
+            await _start(b, hb, "b")  # both slots now hold an open copy: none is evicted
+            await _start(c, hc, "c")
             extra = await connect(guest.url)
             assert await extra.receive_some(1024) == b""  # closed at once, not queued
             await extra.aclose()
             assert guest.receiver.stats.refused_connections == 1
-            await a.aclose()
+            await b.aclose()
             await sessions_gone(guest, keep=1)
-            c, _ = await _negotiated(guest.url)  # the freed slot serves again
-            for s in (b, c):
+            d, _ = await _negotiated(guest.url)  # the freed slot serves again
+            for s in (a, c, d):
                 await s.aclose()
 
 

@@ -119,8 +119,8 @@ async def test_load_with_garbage_and_idle_connections(tmp_path: Path) -> None:
     assert all(IDLE * 0.95 <= s < IDLE + 15 for s in idle_closed), idle_closed
     assert temp_files(root) == []
     assert peak_mib < RSS_BOUND_MIB, f"peak RSS {peak_mib:.1f} MiB"
-    stopped = re.search(r"stopped: (\d+) connections \((\d+) refused\), (\d+) copies "
-                        r"committed", log)
+    stopped = re.search(r"stopped: (\d+) connections \((\d+) refused, 0 evicted\), (\d+)"
+                        r" copies committed", log)
     assert stopped is not None, log[-2000:]
     assert int(stopped[3]) == COPIES
     assert int(stopped[1]) == COPIES + len(GARBAGE) + IDLERS and int(stopped[2]) == 0

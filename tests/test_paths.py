@@ -6,6 +6,7 @@ import errno
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,11 +17,17 @@ from gsi.paths import (
     check_target,
     describe_oserror,
     guest_path,
-    open_directory,
     oserror_status,
     sink_error_from,
     split_path_name,
+    walk_directory,
 )
+
+
+def open_directory(*args: Any, **kwargs: Any) -> int:
+    """:func:`walk_directory`'s fd alone."""
+    fd: int = walk_directory(*args, **kwargs)[0]
+    return fd
 
 
 @pytest.fixture

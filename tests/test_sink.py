@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import itertools
 import os
 import random
@@ -20,6 +21,7 @@ from gsi.constants import CopyFlags, Status
 from gsi.errors import SinkError
 from gsi.paths import MAX_SYMLINK_FOLLOWS
 from gsi.sink import TEMP_NAME_FORMAT, TEMP_NAME_RE, FileSink, OpenCopy
+from gsi.sweep import LOCK_NAME_RE
 
 NONE = CopyFlags.NONE
 OW = CopyFlags.OVER_WRITE
@@ -37,9 +39,16 @@ def umask() -> Iterator[int]:
         os.umask(old)
 
 
+@pytest.fixture(params=["auto", "named"])
+def temp_files(request: pytest.FixtureRequest) -> str:
+    """Both kinds of temp file: unnamed (O_TMPFILE, where the filesystem has it) and named."""
+    mode: str = request.param
+    return mode
+
+
 @pytest.fixture
-def sink(root: Path) -> Iterator[FileSink]:
-    with FileSink(root) as s:
+def sink(root: Path, temp_files: str) -> Iterator[FileSink]:
+    with FileSink(root, temp_files=temp_files) as s:
         yield s
 
 
@@ -54,15 +63,23 @@ def copy(
 
 
 def temps(root: Path) -> list[str]:
-    """Every entry under root (not following symlinks) that looks like a temp file."""
+    """Every entry under root (not following symlinks) that looks like a temp file (the
+    instance lock file of a live sink aside)."""
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
-        found += [os.path.join(dirpath, n) for n in filenames + dirnames if ".gsi-" in n]
+        found += [os.path.join(dirpath, n) for n in filenames + dirnames
+                  if ".gsi-" in n and not LOCK_NAME_RE.fullmatch(n)]
     return found
 
 
+def entries(directory: Path) -> list[str]:
+    """``os.listdir``, less the instance lock file a sink making named temps holds."""
+    return [n for n in os.listdir(directory) if not LOCK_NAME_RE.fullmatch(n)]
+
+
 def tree(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")
+                  if not LOCK_NAME_RE.fullmatch(p.name))
 
 
 @contextlib.contextmanager
@@ -107,11 +124,19 @@ def test_target_and_temp_name(sink: FileSink, root: Path) -> None:
     oc = sink.begin("a//./", "x.txt", NONE, 3)
     assert oc.target == "/a/x.txt"
     assert oc.file_size == 3
-    # The temp file lives in the target directory, under the documented name.
+    if sink.temp_files == "auto":  # an O_TMPFILE temp: no name at all, anywhere
+        assert oc.temp_name == ""
+        assert os.listdir(root / "a") == [] and os.listdir(root) == ["a"]
+        oc.abort()
+        return
+    # A named temp lives in the target directory, under the documented name, which
+    # embeds the token of the instance lock file in the root.
     assert os.listdir(root / "a") == [oc.temp_name]
     match = TEMP_NAME_RE.fullmatch(oc.temp_name)
-    assert match is not None and int(match["pid"]) == os.getpid()
-    assert TEMP_NAME_RE.fullmatch(TEMP_NAME_FORMAT.format(pid=1, token="0123456789abcdef"))
+    assert match is not None
+    assert (root / f".gsi-instance-{match['instance']}.lock").is_file()
+    assert TEMP_NAME_RE.fullmatch(TEMP_NAME_FORMAT.format(instance="0" * 16,
+                                                          token="0123456789abcdef"))
     oc.abort()
 
 
@@ -200,12 +225,12 @@ def test_write_outside_file_size_aborts(sink: FileSink, root: Path) -> None:
     oc.write(0, b"12345")
     with refused(Status.INVALIDARG):
         oc.write(8, b"abc")
-    assert os.listdir(root) == []
+    assert entries(root) == []
     with refused(Status.E_FAIL):  # the copy has ended
         oc.write(0, b"1")
     with refused(Status.INVALIDARG):
         sink.begin("", "g", NONE, 2).write(-1, b"x")
-    assert os.listdir(root) == []
+    assert entries(root) == []
 
 
 def test_commit_size_mismatch(sink: FileSink, root: Path) -> None:
@@ -214,7 +239,7 @@ def test_commit_size_mismatch(sink: FileSink, root: Path) -> None:
     with refused(Status.E_FAIL) as info:
         oc.commit()
     assert "9 bytes" in info.value.reason
-    assert os.listdir(root) == []
+    assert entries(root) == []
 
 
 def test_abort_is_idempotent_and_ends_the_copy(sink: FileSink, root: Path) -> None:
@@ -222,18 +247,18 @@ def test_abort_is_idempotent_and_ends_the_copy(sink: FileSink, root: Path) -> No
     oc.write(0, b"ab")
     oc.abort()
     oc.abort()
-    assert os.listdir(root) == []
+    assert entries(root) == []
     with refused(Status.E_FAIL):
         oc.write(2, b"cd")
     with refused(Status.E_FAIL):
         oc.commit()
-    assert os.listdir(root) == []
+    assert entries(root) == []
 
 
 def test_abort_after_commit_keeps_the_target(sink: FileSink, root: Path) -> None:
     oc = copy(sink, "", "f", b"data")
     oc.abort()
-    assert os.listdir(root) == ["f"]
+    assert entries(root) == ["f"]
     assert (root / "f").read_bytes() == b"data"
     with refused(Status.E_FAIL):
         oc.write(0, b"x")
@@ -325,7 +350,7 @@ def test_existing_target_without_overwrite(sink: FileSink, root: Path) -> None:
         sink.begin("/", "f", CP, 3)
     assert info.value.status == 0x80070050
     assert (root / "f").read_bytes() == b"old"
-    assert os.listdir(root) == ["f"]
+    assert entries(root) == ["f"]
 
 
 def test_overwrite_replaces_only_at_commit(sink: FileSink, root: Path) -> None:
@@ -335,7 +360,7 @@ def test_overwrite_replaces_only_at_commit(sink: FileSink, root: Path) -> None:
     assert (root / "f").read_bytes() == b"old content"
     oc.commit()
     assert (root / "f").read_bytes() == b"new"
-    assert os.listdir(root) == ["f"]
+    assert entries(root) == ["f"]
 
 
 def test_overwrite_then_abort_keeps_old_bytes(sink: FileSink, root: Path) -> None:
@@ -344,7 +369,7 @@ def test_overwrite_then_abort_keeps_old_bytes(sink: FileSink, root: Path) -> Non
     oc.write(0, b"new")
     oc.abort()
     assert (root / "f").read_bytes() == b"old content"
-    assert os.listdir(root) == ["f"]
+    assert entries(root) == ["f"]
 
 
 def test_directory_target(sink: FileSink, root: Path) -> None:
@@ -402,7 +427,7 @@ def test_target_appears_during_copy(sink: FileSink, root: Path) -> None:
     with refused(Status.ALREADY_EXISTS):
         oc.commit()
     assert (root / "f").read_bytes() == b"someone else's"
-    assert os.listdir(root) == ["f"]
+    assert entries(root) == ["f"]
 
 
 def test_target_becomes_directory_during_overwrite(sink: FileSink, root: Path) -> None:
@@ -418,13 +443,13 @@ def test_target_becomes_directory_during_overwrite(sink: FileSink, root: Path) -
 def test_concurrent_copies_to_one_target(sink: FileSink, root: Path) -> None:
     first = sink.begin("", "f", OW, 1)
     second = sink.begin("", "f", OW, 1)
-    assert first.temp_name != second.temp_name
+    assert first.temp_name != second.temp_name or sink.temp_files == "auto"
     first.write(0, b"1")
     second.write(0, b"2")
     second.commit()
     first.commit()
     assert (root / "f").read_bytes() == b"1"
-    assert os.listdir(root) == ["f"]
+    assert entries(root) == ["f"]
 
 
 # --- names and escapes -------------------------------------------------------------------
@@ -459,7 +484,7 @@ def test_bad_file_names(sink: FileSink, root: Path, name: str, status: Status) -
 def test_nul_in_path_name(sink: FileSink, root: Path) -> None:
     with refused(Status.INVALIDARG):
         sink.begin("a\x00b", "f", CP, 1)
-    assert os.listdir(root) == []
+    assert entries(root) == []
 
 
 def test_absolute_path_lands_under_root(sink: FileSink, root: Path) -> None:
@@ -471,7 +496,7 @@ def test_absolute_path_lands_under_root(sink: FileSink, root: Path) -> None:
 def test_negative_file_size(sink: FileSink, root: Path) -> None:
     with refused(Status.INVALIDARG):
         sink.begin("", "f", NONE, -1)
-    assert os.listdir(root) == []
+    assert entries(root) == []
 
 
 # --- symlinks on the way -----------------------------------------------------------------
@@ -613,25 +638,24 @@ def test_permission_denied(root: Path) -> None:
 # --- stale temps -------------------------------------------------------------------------
 
 
-def dead_pid() -> int:
-    proc = subprocess.Popen(["true"])
-    proc.wait()
-    return proc.pid
-
-
-def test_cleanup_stale_temps(sink: FileSink, root: Path, tmp_path: Path) -> None:
-    dead = dead_pid()
-    tok = "0123456789abcdef"
+def test_cleanup_stale_temps(root: Path, tmp_path: Path) -> None:
+    dead, live, unknown = "0123456789abcdef", "fedcba9876543210", "00000000000000aa"
+    hexes = "0011223344556677"
     (root / "sub" / "deep").mkdir(parents=True)
-    stale = [f".gsi-{dead}-{tok}.part", f"sub/deep/.gsi-{dead}-{'f' * 16}.part"]
+    (root / f".gsi-instance-{dead}.lock").write_bytes(b"")  # nobody holds it: dead
+    (root / f".gsi-instance-{live}.lock").write_bytes(b"")
+    held = os.open(root / f".gsi-instance-{live}.lock", os.O_RDONLY)
+    fcntl.flock(held, fcntl.LOCK_EX)  # another open file holds it: alive
+    (root / f".gsi-instance-{'b' * 16}.lock").symlink_to("sub/ordinary.txt")  # not a lock
+    stale = [f".gsi-{dead}-{hexes}.part", f"sub/deep/.gsi-{dead}-{'f' * 16}.part"]
     keep = [
-        f".gsi-{os.getpid()}-{tok}.part",  # this (live) process
-        f".gsi-1-{tok}.part",  # a live process
-        f".gsi-{dead}-{tok}.part.bak",
-        f"x.gsi-{dead}-{tok}.part",
-        f".gsi-{dead}-{tok.upper()}.part",
-        f".gsi-{dead}-{tok[:15]}.part",
-        f".gsi-0{dead}-{tok}.part",
+        f".gsi-{live}-{hexes}.part",  # a live instance's temp
+        f".gsi-{unknown}-{hexes}.part",  # no lock file: not ours, whatever it looks like
+        f".gsi-{'b' * 16}-{hexes}.part",  # its "lock file" is a symlink
+        f".gsi-{dead}-{hexes}.part.bak",
+        f"x.gsi-{dead}-{hexes}.part",
+        f".gsi-{dead}-{hexes.upper()}.part",
+        f".gsi-{dead}-{hexes[:15]}.part",
         "sub/ordinary.txt",
     ]
     for name in stale + keep:
@@ -640,25 +664,33 @@ def test_cleanup_stale_temps(sink: FileSink, root: Path, tmp_path: Path) -> None
     (root / f".gsi-{dead}-{'2' * 16}.part").symlink_to("sub/ordinary.txt")  # a symlink: kept
     outside = tmp_path / "outside"
     outside.mkdir()
-    (outside / f".gsi-{dead}-{tok}.part").write_bytes(b"x")
+    (outside / f".gsi-{dead}-{hexes}.part").write_bytes(b"x")
     (root / "out").symlink_to(outside)  # never walked into
-    oc = sink.begin("sub", "open", NONE, 1)  # an open copy of this process: kept
-
-    before = set(tree(root))
-    assert sink.cleanup_stale_temps() == sorted(stale)
-    assert set(tree(root)) == before - set(stale)
-    assert (outside / f".gsi-{dead}-{tok}.part").exists()
-    oc.write(0, b"y")
-    oc.commit()
-    assert (root / "sub" / "open").read_bytes() == b"y"
-    assert sink.cleanup_stale_temps() == []
+    try:
+        with FileSink(root, temp_files="named") as sink:
+            oc = sink.begin("sub", "open", NONE, 1)  # this sink's open copy: kept
+            before = set(tree(root))
+            assert sink.cleanup_stale_temps() == sorted(stale)
+            assert set(tree(root)) == before - set(stale)
+            assert not (root / f".gsi-instance-{dead}.lock").exists()  # swept too
+            assert (root / f".gsi-instance-{live}.lock").exists()
+            assert (outside / f".gsi-{dead}-{hexes}.part").exists()
+            oc.write(0, b"y")
+            oc.commit()
+            assert (root / "sub" / "open").read_bytes() == b"y"
+            assert sink.cleanup_stale_temps() == []
+    finally:
+        os.close(held)
+    # The sink removed its own lock file at close; the live one's stays.
+    assert sorted(p.name for p in root.glob(".gsi-instance-*")) == [
+        f".gsi-instance-{'b' * 16}.lock", f".gsi-instance-{live}.lock"]
 
 
 # --- space -------------------------------------------------------------------------------
 
 
 def test_preallocate(root: Path) -> None:
-    with FileSink(root, preallocate=True) as s:
+    with FileSink(root, preallocate=True, temp_files="named") as s:
         oc = s.begin("", "f", NONE, 10_000)
         assert (root / oc.temp_name).stat().st_size == 10_000
         oc.write(0, b"a" * 10_000)
@@ -669,7 +701,7 @@ def test_preallocate(root: Path) -> None:
 def test_free_space_check_refuses_huge_file(sink: FileSink, root: Path) -> None:
     with refused(Status.DISK_FULL):
         sink.begin("new/dirs", "f", CP, 1 << 62)
-    assert os.listdir(root) == []  # refused before creating anything
+    assert entries(root) == []  # refused before creating anything
     with FileSink(root, check_free_space=False) as s:
         s.begin("", "f", NONE, 1 << 62).abort()
 
@@ -697,7 +729,7 @@ def test_disk_full_at_begin(small_tmpfs: Path) -> None:
         with refused(Status.DISK_FULL) as info:
             s.begin("a/b", "f", CP, 2 << 20)
         assert info.value.status == 0x80070070
-        assert os.listdir(small_tmpfs) == []
+        assert entries(small_tmpfs) == []
         copy(s, "a/b", "f", b"x" * 100_000, CP)  # fits
 
 
@@ -710,7 +742,7 @@ def test_disk_full_while_writing(small_tmpfs: Path, coalesce: int) -> None:
                 oc.write(off, b"x" * min(6144, (2 << 20) - off))
             oc.commit()
         assert not oc.is_open
-    assert os.listdir(small_tmpfs) == []
+    assert entries(small_tmpfs) == []
 
 
 def test_disk_full_when_preallocating(small_tmpfs: Path) -> None:
@@ -719,7 +751,7 @@ def test_disk_full_when_preallocating(small_tmpfs: Path) -> None:
         refused(Status.DISK_FULL),
     ):
         s.begin("", "f", NONE, 2 << 20)
-    assert os.listdir(small_tmpfs) == []
+    assert entries(small_tmpfs) == []
 
 
 def test_read_only_filesystem(small_tmpfs: Path) -> None:

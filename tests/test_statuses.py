@@ -8,7 +8,6 @@ name fields, unknown operations) go through :class:`HostClient` with hand-made r
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from e2e_helpers import (
     start_copy,
     temp_files,
 )
+from fault_helpers import mounted_tmpfs
 
 from gsi import codec
 from gsi.constants import CopyFlags, IcMsgType, Status
@@ -308,17 +308,8 @@ async def test_fcopy_before_negotiate_and_write_without_copy(receiver: ReceiverP
 
 @pytest.fixture(scope="module")
 def small_fs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    mnt = tmp_path_factory.mktemp("tmpfs")
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs",
-                              str(mnt)], capture_output=True, text=True, check=False)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path_factory.mktemp("tmpfs"), "1m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_disk_full_at_start_from_the_free_space_check(small_fs: Path, tmp_path: Path) -> None:
