@@ -26,6 +26,7 @@ from .events import (
     Negotiate,
     Rejected,
     StartCopy,
+    WriteBatch,
     WriteData,
 )
 from .framing import Framer
@@ -63,6 +64,7 @@ __all__ = [
     "SinkError",
     "StartCopy",
     "Status",
+    "WriteBatch",
     "WriteData",
     "describe_status",
 ]
