@@ -223,11 +223,15 @@ async def test_a_new_session_replays_the_negotiation(tmp_path: Path) -> None:
 
 async def test_idle_timeout_keeps_the_channel(tmp_path: Path,
                                               autojump_clock: trio.testing.MockClock) -> None:
+    # The receiver's startup sweep runs in a worker thread, which autojump would take for
+    # idleness (and jump to the fail_after deadline): virtual time starts once it is up.
+    autojump_clock.autojump_threshold = math.inf
     with trio.fail_after(600):
         async with emulated_guest(tmp_path, idle_timeout=5) as (url, root, receiver), \
                 attach_emulated_host(url) as host:
             client = host.client()
             await client.negotiate()
+            autojump_clock.autojump_threshold = 0
             while receiver.stats.connections < 2:  # the idle session ended, a new one began
                 await trio.sleep(1)  # virtual time
             # From here on real time: the copy reads its source in a worker thread, which
