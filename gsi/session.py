@@ -6,8 +6,9 @@ answers to one received chunk into one send, enforces the idle timeout and logs
 every copy once when it ends.
 
 The data path: on a socket stream the bytes are received straight into the core's
-reused buffer (non-blocking ``recv_into``, waiting on trio only when nothing is there;
-other streams go through ``receive_some``). A run of WRITEs comes out as one
+reused buffer (non-blocking ``recv_into``; when nothing is there, one more try after a
+turn of trio's scheduler, which often finds the host's next request without the cost of
+sleeping and waking, then ``wait_readable``; other streams go through ``receive_some``). A run of WRITEs comes out as one
 :class:`~gsi.events.WriteBatch`; its contiguous runs are written with one ``pwritev``
 each, straight from that buffer, in a worker thread (one hand-off per received chunk,
 awaited before the answers go out: a WRITE is answered once its data is in the file);
@@ -212,7 +213,7 @@ class Session:
         try:
             size = sock.recv_into(buf)
         except BlockingIOError:
-            size = self._poll(sock, buf) if self.busy_poll else -1
+            size = self._poll(sock, buf) if self.busy_poll else await self._retry(sock, buf)
             while size < 0:
                 await trio.lowlevel.wait_readable(sock)
                 try:
@@ -227,6 +228,15 @@ class Session:
         if self._streak >= _FAIRNESS:  # data keeps coming: let other tasks run too
             self._streak = 0
             await trio.sleep(0)
+
+    @staticmethod
+    async def _retry(sock: socket.socket, buf: memoryview) -> int:
+        """One more receive after a turn of the scheduler; -1 if nothing came."""
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        try:
+            return sock.recv_into(buf)
+        except BlockingIOError:
+            return -1
 
     def _poll(self, sock: socket.socket, buf: memoryview) -> int:
         """Non-blocking receives for up to ``busy_poll`` seconds; -1 if nothing came."""
