@@ -8,13 +8,14 @@ every copy once when it ends.
 The data path: on a socket stream the bytes are received straight into the core's
 reused buffer (non-blocking ``recv_into``; when nothing is there, one more try after a
 turn of trio's scheduler, which often finds the host's next request without the cost of
-sleeping and waking, then ``wait_readable``; other streams go through ``receive_some``). A run of WRITEs comes out as one
-:class:`~gsi.events.WriteBatch`; its contiguous runs are written with one ``pwritev``
-each, straight from that buffer, in a worker thread (one hand-off per received chunk,
-awaited before the answers go out: a WRITE is answered once its data is in the file);
-a full echo is the requests themselves, patched in place and sent from the same memory.
-No filesystem call runs on the event-loop thread: begin, write, commit and abort all go
-through ``trio.to_thread``.
+sleeping and waking, then ``wait_readable``; other streams go through ``receive_some``).
+A run of WRITEs comes out as one :class:`~gsi.events.WriteBatch`. A small one (one WRITE
+per chunk: stop-and-wait) is gathered in memory and answered at once; any other is
+written in the connection's writer thread, one ``pwritev`` per contiguous run straight
+from the receive buffer, and answered once written (see :mod:`gsi.writer`). A full echo
+is the requests themselves, patched in place and sent from the same memory. No
+filesystem call runs on the event-loop thread: begin, commit and abort go through
+``trio.to_thread``, writes through the writer thread.
 """
 
 from __future__ import annotations
