@@ -34,6 +34,7 @@ if TYPE_CHECKING:
         Negotiate,
         Rejected,
         StartCopy,
+        WriteBatch,
         WriteData,
     )
     from .framing import Framer
@@ -71,6 +72,7 @@ __all__ = [
     "SinkError",
     "StartCopy",
     "Status",
+    "WriteBatch",
     "WriteData",
     "describe_status",
 ]
@@ -84,7 +86,7 @@ _EXPORTS = {
                      "SinkError"], ".errors"),
     **dict.fromkeys(["NEED_DATA", "CancelCopy", "CompleteCopy", "ConnectionClosed",
                      "CopyAborted", "Event", "Negotiate", "Rejected", "StartCopy",
-                     "WriteData"], ".events"),
+                     "WriteBatch", "WriteData"], ".events"),
     "Framer": ".framing",
     "GuestConnection": ".protocol",
     "GuestState": ".protocol",

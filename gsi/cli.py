@@ -54,6 +54,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return value
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -126,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--linux-create-path", action="store_true",
                    help="with CREATE_PATH, create the last directory only when the path "
                         "ends in '/', as the Linux daemons do")
+    p.add_argument("--busy-poll", type=_non_negative_int, default=0, metavar="MICROSECONDS",
+                   help="after answering, keep trying a non-blocking receive for up to this "
+                        "long before sleeping (sockets only; costs CPU; default 0: off)")
     p.add_argument("--transport-mode", choices=list(TRANSPORT_MODES), default="auto",
                    help="hyperv:// listeners only: trio's native socket listener, a "
                         "thread-backed one, or auto (probe; default)")
@@ -148,7 +161,8 @@ def config_from_args(args: argparse.Namespace) -> ReceiverConfig:
         grace_period=args.grace_period, preallocate=args.preallocate,
         check_free_space=not args.no_free_space_check,
         trim_write_echo=args.trim_write_echo, linux_status_codes=args.linux_status_codes,
-        linux_create_path=args.linux_create_path, trace=args.trace)
+        linux_create_path=args.linux_create_path, trace=args.trace,
+        busy_poll=args.busy_poll)
 
 
 async def run(config: ReceiverConfig, urls: list[str], native: bool | None = None) -> None:

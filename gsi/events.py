@@ -139,6 +139,44 @@ _set_data: Callable[[object, memoryview], None] = vars(WriteData)["data"].__set_
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class WriteBatch:
+    """A run of consecutive valid WRITE_TO_FILE requests for the open copy, parsed in place.
+
+    Answer it with :meth:`gsi.protocol.GuestConnection.answer_batch` once its data is
+    written. The views point into the connection's receive buffer: they stay valid, and
+    unchanged, until the next ``receive_data`` / ``receive_buffer`` call.
+
+    Attributes:
+        buffer: the receive buffer holding the requests.
+        start / end: where the requests lie in it (back to back).
+        positions: where each request starts (``len(positions)`` requests).
+        runs: the data as contiguous runs, ``(offset, [data views])`` in arrival order
+            (one ``pwritev`` each); zero-size WRITEs are in no run.
+        run_first: index (into ``positions``) of the first request of each run.
+        nbytes: data bytes in the batch.
+    """
+
+    buffer: bytearray = field(repr=False)
+    start: int
+    end: int
+    positions: list[int] = field(repr=False)
+    runs: list[tuple[int, list[memoryview]]] = field(repr=False)
+    run_first: list[int] = field(repr=False)
+    nbytes: int
+
+    def __post_init__(self) -> None:
+        if not self.positions or len(self.runs) != len(self.run_first):
+            raise ValueError("a batch holds at least one request and one index per run")
+        if not 0 <= self.start <= self.end <= len(self.buffer):
+            raise ValueError("the requests must lie in the buffer")
+
+    @property
+    def count(self) -> int:
+        """Requests in the batch."""
+        return len(self.positions)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CompleteCopy(Request):
     """COMPLETE_FCOPY with every byte of ``[0, file_size)`` received: commit now."""
 

@@ -12,34 +12,44 @@ from .codec import PIPE
 from .constants import ICMSG_HDR_SIZE, PIPE_FLAG_DATA, PIPE_HDR_SIZE
 from .errors import FramingError, LocalProtocolError
 
-_LARGE = 64 * 1024
-"""Messages from this size on are gathered without appending to the buffer."""
+_INITIAL = 16 * 1024
+"""First capacity of the buffer: an idle connection (or an open copy with no data yet)
+holds no more than this."""
+_MAX_CHUNK = 1 << 20
+"""Default bound on the free space offered to one receive (see :meth:`Framer.receive_buffer`)."""
 
 
 class Framer:
     """Splits a byte stream into message payloads.
 
+    The bytes live in one buffer that grows on demand: :meth:`feed` copies received bytes
+    into it, or a transport receives straight into it (:meth:`receive_buffer`, then
+    :meth:`received`). :meth:`next_message` returns each payload as ``bytes``; the batch
+    path of :class:`gsi.protocol.GuestConnection` reads the buffer in place instead
+    (:meth:`view`, :meth:`consume`): such views stay valid, and unchanged by the framer,
+    until the next :meth:`feed` or :meth:`receive_buffer`.
+
     Args:
         max_msgsize: the largest pipe ``msgsize`` accepted (see
             :func:`gsi.constants.max_msgsize_for`).
+        max_chunk: the free space offered to one receive grows (doubling, from 16 KiB,
+            each time a receive fills it) up to this many bytes.
     """
 
-    __slots__ = ("_buf", "_eof", "_error", "_max_msgsize", "_need", "_parts", "_parts_len",
+    __slots__ = ("_buf", "_chunk", "_end", "_eof", "_error", "_max_chunk", "_max_msgsize",
                  "_pos")
 
-    def __init__(self, max_msgsize: int) -> None:
+    def __init__(self, max_msgsize: int, *, max_chunk: int = _MAX_CHUNK) -> None:
         if max_msgsize < ICMSG_HDR_SIZE:
             raise ValueError(f"max_msgsize must be at least {ICMSG_HDR_SIZE}")
         self._max_msgsize = max_msgsize
+        self._max_chunk = max(max_chunk, _INITIAL)
+        self._chunk = _INITIAL
         self._buf = bytearray()
         self._pos = 0
+        self._end = 0
         self._eof = False
         self._error: FramingError | None = None
-        # While a large message is incomplete, received chunks are kept as they are and
-        # joined once when it is whole (one copy instead of append-then-slice: two).
-        self._parts: list[bytes] = []
-        self._parts_len = 0
-        self._need = 0
 
     @property
     def max_msgsize(self) -> int:
@@ -48,7 +58,12 @@ class Framer:
     @property
     def buffered(self) -> int:
         """Bytes received but not yet returned as a message."""
-        return len(self._buf) - self._pos + self._parts_len
+        return self._end - self._pos
+
+    @property
+    def capacity(self) -> int:
+        """Bytes the buffer holds room for (memory it costs)."""
+        return len(self._buf)
 
     @property
     def at_eof(self) -> bool:
@@ -60,14 +75,68 @@ class Framer:
             if data:
                 raise LocalProtocolError("data fed after end of stream")
             return
-        if not data:
+        size = len(data)
+        if not size:
             self._eof = True
             return
-        if self._need:
-            self._parts.append(data if isinstance(data, bytes) else bytes(data))
-            self._parts_len += len(data)
+        self._room(size)
+        end = self._end
+        self._buf[end:end + size] = data
+        self._end = end + size
+
+    def receive_buffer(self) -> memoryview:
+        """Free space to receive into (at least the rest of a pending message); pass the
+        number of bytes received to :meth:`received`. Invalidates earlier views."""
+        if self._eof:
+            raise LocalProtocolError("receive after end of stream")
+        want = self._chunk
+        pos, end = self._pos, self._end
+        if end - pos >= PIPE_HDR_SIZE:  # a partial message: make room for all of it
+            msgsize = PIPE.unpack_from(self._buf, pos)[1]
+            if msgsize <= self._max_msgsize:
+                want = max(want, pos + PIPE_HDR_SIZE + msgsize - end)
+        self._room(want)
+        return memoryview(self._buf)[self._end:]
+
+    def received(self, size: int) -> None:
+        """``size`` bytes were received into the last :meth:`receive_buffer` (0: end of
+        stream)."""
+        free = len(self._buf) - self._end
+        if not 0 <= size <= free:
+            raise LocalProtocolError(f"received {size} bytes into {free} bytes of room")
+        if not size:
+            self._eof = True
             return
-        self._buf += data
+        self._end += size
+        if size == free and self._chunk < self._max_chunk:
+            self._chunk = min(self._chunk * 2, self._max_chunk)
+
+    def _room(self, size: int) -> None:
+        """At least ``size`` free bytes after the data; data moved to the front or to a new,
+        larger buffer when needed (never resized in place: views of it may exist)."""
+        buf, pos, end = self._buf, self._pos, self._end
+        if pos == end:
+            pos = end = self._pos = self._end = 0
+        if len(buf) - end >= size:
+            return
+        live = end - pos
+        if live + size <= len(buf):
+            buf[:live] = buf[pos:end]
+        else:
+            new = bytearray(max(live + size, min(2 * len(buf), live + self._max_chunk)))
+            new[:live] = memoryview(buf)[pos:end]
+            self._buf = new
+        self._pos, self._end = 0, live
+
+    def view(self) -> tuple[bytearray, int, int]:
+        """(buffer, start, end) of the unparsed bytes, for a reader that parses in place."""
+        return self._buf, self._pos, self._end
+
+    def consume(self, pos: int) -> None:
+        """Messages up to buffer position ``pos`` were parsed in place."""
+        if not self._pos <= pos <= self._end:
+            raise LocalProtocolError(f"consume({pos}) outside {self._pos}..{self._end}")
+        self._pos = pos
 
     def next_message(self) -> bytes | None:
         """The next whole payload, or None until more bytes arrive.
@@ -77,12 +146,9 @@ class Framer:
         """
         if self._error is not None:
             raise self._error
-        if self._need:
-            return self._join_large() if self._parts_len >= self._need else None
         buf = self._buf
         pos = self._pos
-        avail = len(buf) - pos
-        if avail >= PIPE_HDR_SIZE:
+        if self._end - pos >= PIPE_HDR_SIZE:
             flags, msgsize = PIPE.unpack_from(buf, pos)
             if flags != PIPE_FLAG_DATA:
                 self._fail(f"pipe header flags {flags:#x}, expected {PIPE_FLAG_DATA:#x} (data)")
@@ -91,39 +157,12 @@ class Framer:
             if msgsize > self._max_msgsize:
                 self._fail(f"pipe msgsize {msgsize} exceeds the maximum {self._max_msgsize}")
             end = pos + PIPE_HDR_SIZE + msgsize
-            if end <= len(buf):
+            if end <= self._end:
                 self._pos = end
                 with memoryview(buf) as view:
                     return bytes(view[pos:end])  # one copy, no intermediate bytearray
-            if msgsize >= _LARGE:
-                self._need = end - len(buf)
-        if pos:
-            del buf[:pos]
-            self._pos = 0
         return None
-
-    def _join_large(self) -> bytes:
-        """The pending large message: the buffer's tail, then the parts, joined once."""
-        pieces: list[bytes | memoryview] = [memoryview(self._buf)[self._pos:]]
-        rest = bytearray()
-        need = self._need
-        for part in self._parts:
-            if need >= len(part):
-                pieces.append(part)
-                need -= len(part)
-            else:  # the message ends in this part: the rest starts the next ones
-                pieces.append(memoryview(part)[:need])
-                rest += memoryview(part)[need:]
-                need = 0
-        payload = b"".join(pieces)
-        del pieces
-        self._buf = rest
-        self._pos = 0
-        self._parts = []
-        self._parts_len = self._need = 0
-        return payload
 
     def _fail(self, reason: str) -> None:
         self._error = FramingError(reason)
         raise self._error
-

@@ -42,7 +42,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Final
 
-from . import codec
+from . import batch, codec
 from .constants import (
     DATA_FRAGMENT,
     FCOPY_HDR_SIZE,
@@ -80,6 +80,7 @@ from .events import (
     Rejected,
     RequestEvent,
     StartCopy,
+    WriteBatch,
     WriteData,
 )
 from .framing import Framer
@@ -115,6 +116,8 @@ class GuestConnection:
         max_ranges: bound on disjoint received ranges per copy (memory bound).
         linux_status_codes: fold every failure the Linux daemons never send into
             0x80004005, as they would.
+        receive_size: the most bytes one :meth:`receive_buffer` offers (it starts at
+            16 KiB and doubles each time a receive fills it).
     """
 
     def __init__(
@@ -127,6 +130,7 @@ class GuestConnection:
         max_file_size: int = (1 << 64) - 1,
         max_ranges: int = 16384,
         linux_status_codes: bool = False,
+        receive_size: int = 1 << 20,
     ) -> None:
         if not framework_versions or not message_versions:
             raise ValueError("the guest must accept at least one version of each kind")
@@ -137,7 +141,7 @@ class GuestConnection:
         self.max_file_size = max_file_size
         self.max_ranges = max_ranges
         self.linux_status_codes = linux_status_codes
-        self._framer = Framer(max_msgsize_for(max_fragment))
+        self._framer = Framer(max_msgsize_for(max_fragment), max_chunk=receive_size)
         self._queue: deque[Event] = deque()
         self._messages: deque[bytes] = deque()
         self._message_error: FramingError | None = None
@@ -145,7 +149,7 @@ class GuestConnection:
         self._max_message = (8 + self._framer.max_msgsize + 7) // 8 * 8
         self.accepted_negotiate: bytes | None = None
         """The last NEGOTIATE request answered 0 (or resumed from)."""
-        self._awaiting: RequestEvent | None = None
+        self._awaiting: RequestEvent | WriteBatch | None = None
         self.state = GuestState.NEGOTIATING
         self._file_size = 0
         self._ranges = ReceivedRanges(max_ranges)
@@ -244,6 +248,57 @@ class GuestConnection:
             return self._queue.popleft()
         self._dispatch(payload)
         return self._take(self._queue.popleft())
+
+    def next_batch_event(self) -> Event | WriteBatch | NeedData:
+        """:meth:`next_event`, except that while a copy is open a run of consecutive valid
+        WRITEs comes out as one :class:`WriteBatch` (answer it with :meth:`answer_batch`).
+
+        The answers, the events (a batch counting as its WRITEs) and the data are the same
+        as :meth:`next_event` gives for the same bytes, however they are split.
+        """
+        if self._awaiting is None and not self._queue and self.state is _COPYING:
+            event = batch.scan_writes(self)
+            if event is not None:
+                self._awaiting = event
+                return event
+        return self.next_event()
+
+    def receive_buffer(self) -> memoryview:
+        """Room to receive into (a view of the receive buffer); then call
+        :meth:`received`. Ends the validity of earlier WriteBatch views."""
+        return self._framer.receive_buffer()
+
+    def received(self, size: int) -> None:
+        """``size`` bytes arrived in the last :meth:`receive_buffer` (0: end of stream)."""
+        self._framer.received(size)
+
+    def answer_batch(self, event: WriteBatch, *, failed_at: int | None = None,
+                     status: int = Status.E_FAIL) -> memoryview:
+        """The answers to every request of ``event``, back to back.
+
+        Args:
+            event: the batch from the latest ``next_batch_event()``.
+            failed_at: None when every WRITE was written; else the index of the request
+                whose data the sink failed to write: the requests before it are answered
+                0, it gets ``status``, the later ones 0x80004005 (WRITE with no open
+                copy, PROTOCOL.md section 8), and the copy ends.
+            status: the sink's status for ``failed_at``.
+
+        Returns:
+            A view of the answers: with a full echo, the requests themselves patched in
+            place (status, icflags) in the receive buffer; send it before the next receive.
+        """
+        if event is not self._awaiting:
+            raise LocalProtocolError("answers must follow the events, one for one, in order")
+        if failed_at is not None:
+            if not 0 <= failed_at < event.count:
+                raise LocalProtocolError(f"failed_at {failed_at} outside the batch")
+            if not 0 < status <= 0xFFFFFFFF:
+                raise LocalProtocolError(f"status {status} is no 32-bit failure HRESULT")
+        self._awaiting = None
+        if failed_at is not None:  # a failed WRITE ends the copy
+            self._transition(Trigger.WRITE_ANSWERED, status)
+        return batch.answer_batch(self, event, failed_at, status)
 
     def _take(self, event: Event) -> Event:
         if not isinstance(event, (CopyAborted, ConnectionClosed, MessageDropped)):

@@ -63,27 +63,32 @@ class ReceiverConfig:
         preallocate: reserve the file's space at START.
         linux_create_path: CREATE_PATH creates the last component of path_name only
             when it ends in "/", as the Linux daemons do.
-        receive_size: bytes asked for per receive.
-        write_buffer: contiguous WRITE data is gathered up to this many bytes per
-            ``pwrite`` (the sink's coalesce buffer, ``min(write_buffer, file_size)``,
-            allocated at START).
+        receive_size: the most bytes one receive takes (the receive buffer starts at
+            16 KiB and grows, doubling each time a receive fills it, up to this).
+        write_buffer: a lone WRITE (stop-and-wait) is gathered with the next contiguous
+            ones up to this many bytes per ``pwrite`` (the sink's coalesce buffer,
+            ``min(write_buffer, file_size)``, allocated at the first such WRITE, not at
+            START); runs of WRITEs received together go straight to the file with one
+            ``pwritev`` each.
+        busy_poll: microseconds a connection keeps trying non-blocking receives after
+            sending answers before it sleeps in the event loop (0: off; sockets only).
         max_ranges: disjoint byte ranges one copy may have received (out-of-order WRITEs);
             beyond it the WRITE is refused (0x80070057) and the copy ends.
         trace: a directory where each connection's bytes are recorded, one file per
             connection (docs/traces.md); None records nothing. A traced connection holds
             up to 1 MiB more (its record buffer).
 
-    Memory bound, whatever a host sends: a connection holds at most one received chunk
-    (``receive_size``), the framer's unparsed bytes (< ``receive_size`` + M, M being the
-    largest message the framing accepts: 80 + ``max_fragment``, at least 1116), the
-    batch of answers to one chunk (an answer is never longer than its request, so
-    < ``receive_size`` + M), the open copy's write buffer (``write_buffer``) and its
-    received ranges (about 64 bytes per range, ``max_ranges`` at most):
-    ``3 * receive_size + 2 * M + write_buffer + 64 * max_ranges``, about 2.8 MiB with the
-    defaults (measured: about 1.2 MiB for a copy in progress, 1 MiB
-    more at the range limit). The total is ``max_connections`` times that on top of the
-    process itself (about 30 MiB): lower ``max_connections`` or ``write_buffer`` to lower
-    it. Connections beyond ``max_connections`` evict an idle one or are closed on
+    Memory bound, whatever a host sends: a connection holds its receive buffer (16 KiB
+    until a receive fills it, then growing up to about ``receive_size`` + M, M being the
+    largest message the framing accepts: 80 + ``max_fragment``, at least 1116; a full echo
+    is sent from it, patched in place), the answers to one chunk that are not sent from it
+    (< ``receive_size`` + M), the open copy's write buffer (``write_buffer``, from its first
+    lone WRITE on) and its received ranges (about 64 bytes per range, ``max_ranges`` at
+    most): ``2 * (receive_size + M) + write_buffer + 64 * max_ranges``, about 4 MiB with
+    the defaults; a connection with a copy open and no data yet holds about 20 KiB. The
+    total is ``max_connections`` times that on top of the process itself (about 30 MiB):
+    lower ``max_connections``, ``receive_size`` or ``write_buffer`` to lower it.
+    Connections beyond ``max_connections`` evict an idle one or are closed on
     accept, never queued.
     """
 
@@ -105,10 +110,11 @@ class ReceiverConfig:
     linux_create_path: bool = False
     framework_versions: tuple[Version, ...] = GUEST_FRAMEWORK_VERSIONS
     message_versions: tuple[Version, ...] = GUEST_FCOPY_VERSIONS
-    receive_size: int = 256 * 1024
+    receive_size: int = 1 << 20
     write_buffer: int = 1 << 20
     max_ranges: int = 16384
     trace: Path | None = None
+    busy_poll: int = 0
 
 
 @dataclass(slots=True)
@@ -163,7 +169,7 @@ class Receiver:
                                linux_status_codes=c.linux_status_codes,
                                framework_versions=c.framework_versions,
                                message_versions=c.message_versions,
-                               max_ranges=c.max_ranges)
+                               max_ranges=c.max_ranges, receive_size=c.receive_size)
 
     async def serve(self, listeners: list[trio.abc.Listener[trio.abc.Stream]], *,
                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -195,7 +201,7 @@ class Receiver:
             with trio.CancelScope(shield=True):
                 for listener in listeners:
                     await trio.aclose_forcefully(listener)
-            self.sink.close()
+                await trio.to_thread.run_sync(self.sink.close)
 
     async def _wait_sessions_changed(self) -> None:
         self._connections_done = trio.Event()
@@ -230,7 +236,9 @@ class Receiver:
                               message_timeout=self.config.message_timeout,
                               receive_size=self.config.receive_size,
                               peer=peer,
-                              on_record=self.stats.add)
+                              on_record=self.stats.add,
+                              busy_poll=self.config.busy_poll / 1e6,
+                              gather_bytes=self.config.write_buffer)
             self._sessions.add(session)
             sessions.start_soon(self._run_session, session)
 

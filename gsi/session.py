@@ -4,12 +4,25 @@ The protocol decisions are the core's (:mod:`gsi.protocol`); the filesystem is t
 sink's (:mod:`gsi.sink`). This module only moves events between them, batches the
 answers to one received chunk into one send, enforces the idle timeout and logs
 every copy once when it ends.
+
+The data path: on a socket stream the bytes are received straight into the core's
+reused buffer (non-blocking ``recv_into``; when nothing is there, one more try after a
+turn of trio's scheduler, which often finds the host's next request without the cost of
+sleeping and waking, then ``wait_readable``; other streams go through ``receive_some``).
+A run of WRITEs comes out as one :class:`~gsi.events.WriteBatch`. A small one (one WRITE
+per chunk: stop-and-wait) is gathered in memory and answered at once; any other is
+written in the connection's writer thread, one ``pwritev`` per contiguous run straight
+from the receive buffer, and answered once written (see :mod:`gsi.writer`). A full echo
+is the requests themselves, patched in place and sent from the same memory. No
+filesystem call runs on the event-loop thread: begin, commit and abort go through
+``trio.to_thread``, writes through the writer thread.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,16 +43,29 @@ from .events import (
     Negotiate,
     Rejected,
     StartCopy,
+    WriteBatch,
     WriteData,
 )
 from .logsafe import escape
 from .protocol import GuestConnection
-from .sink_api import Sink, SinkCopy
+from .sink_api import Buffer, Sink, SinkCopy
+from .writer import GATHERED, CopyWriter, WriterThread
 
 log = logging.getLogger("gsi.receiver")
 
 _S_OK: Final = Status.S_OK
 """Bound once: the per-fragment path reads it (an Enum class attribute costs ~90 ns)."""
+_FAIRNESS: Final = 16
+"""Receives that found data at once in a row before the session yields to other tasks."""
+
+
+def _raw_socket(stream: trio.abc.Stream) -> socket.socket | None:
+    """The non-blocking stdlib socket under a trio SocketStream, else None (other streams
+    are read with ``receive_some``)."""
+    if type(stream) is not trio.SocketStream:
+        return None
+    sock = getattr(stream.socket, "_sock", None)
+    return sock if isinstance(sock, socket.socket) else None
 
 
 @runtime_checkable
@@ -90,16 +116,22 @@ class Session:
         idle_timeout: seconds without a byte from the host, or with answers the host
             does not take, before the connection is dropped (any open copy aborted).
         message_timeout: seconds a message may take to arrive once its first byte has.
-        receive_size: bytes asked for per receive.
+        receive_size: bytes asked for per receive where the stream is no socket
+            (sockets receive into the core's buffer, see GuestConnection).
         peer: a name for the log.
         on_record: called with the record of every copy that ends.
+        busy_poll: seconds to keep trying a non-blocking receive after answering before
+            waiting in the event loop (sockets only; 0: off).
+        gather_bytes: small WRITE batches are gathered up to this many bytes before they
+            go to the sink (see :mod:`gsi.writer`).
     """
 
     def __init__(self, stream: trio.abc.Stream, sink: Sink, connection: GuestConnection,
                  *, idle_timeout: float, message_timeout: float = math.inf,
                  receive_size: int = 256 * 1024,
                  peer: str = "host",
-                 on_record: Callable[[CopyRecord], None] | None = None) -> None:
+                 on_record: Callable[[CopyRecord], None] | None = None,
+                 busy_poll: float = 0.0, gather_bytes: int = 1 << 20) -> None:
         self.stream = stream
         self.sink = sink
         self.conn = connection
@@ -113,6 +145,12 @@ class Session:
         self.receive_size = receive_size
         self.peer = peer
         self.on_record = on_record
+        self.busy_poll = busy_poll
+        self.gather_bytes = gather_bytes
+        self._writer: CopyWriter | None = None
+        self._thread = WriterThread()
+        self._sock = _raw_socket(stream)
+        self._streak = 0
         self.copy: SinkCopy | None = None
         self._feed: Callable[[bytes | bytearray | memoryview], None] = connection.receive_data
         if isinstance(stream, PacketPipe) and stream.packet_pipe:  # one receive, one message
@@ -154,9 +192,11 @@ class Session:
             await self._serve()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             log.warning("%s: connection lost: %s", self.peer, exc or type(exc).__name__)
-            self._drop_copy("aborted", Status.E_FAIL, "connection lost")
+            await self._drop_copy("aborted", Status.E_FAIL, "connection lost")
         finally:
-            self._drop_copy("failed", Status.E_FAIL, "the session ended with the copy open")
+            await self._drop_copy("failed", Status.E_FAIL,
+                                  "the session ended with the copy open")
+            self._thread.stop()
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(self.stream)
 
@@ -193,64 +233,133 @@ class Session:
         with scope:
             while not (self._stopping and self.copy is None):
                 self._receiving = True
-                data = await self.stream.receive_some(self.receive_size)
+                received = await self._receive()
                 self._receiving = False
                 self._touch()
-                self._feed(data)
                 answers, closed = await self._handle_events()
                 if self.conn.buffered:
-                    self._bound_message(len(data))
+                    self._bound_message(received)
                 else:
                     self._message_since = None
                 if answers:
                     sending = self.answered = True
-                    await self.stream.send_all(answers)
+                    await self._send(answers)
                     sending = False
                     self._touch()
                 if closed:
                     return
             return
         if self.evicted:
-            self._drop_copy("aborted", Status.E_FAIL, "evicted")
+            await self._drop_copy("aborted", Status.E_FAIL, "evicted")
         elif self._message_since is not None and (
                 trio.current_time() >= self._message_since + self.message_timeout):
             log.warning("%s: a message not complete %.1f s after its first byte, closing",
                         self.peer, self.message_timeout)
-            self._drop_copy("aborted", Status.E_FAIL, "message timeout")
+            await self._drop_copy("aborted", Status.E_FAIL, "message timeout")
         elif sending:
             log.warning("%s: host not reading answers for %.1f s, closing", self.peer,
                         self.idle_timeout)
-            self._drop_copy("aborted", Status.E_FAIL, "host not reading answers")
+            await self._drop_copy("aborted", Status.E_FAIL, "host not reading answers")
         elif not (self._stopping and self.copy is None):
             log.warning("%s: idle for %.1f s, closing", self.peer, self.idle_timeout)
-            self._drop_copy("aborted", Status.E_FAIL, "idle timeout")
+            await self._drop_copy("aborted", Status.E_FAIL, "idle timeout")
 
-    async def _handle_events(self) -> tuple[bytearray, bool]:
+    async def _receive(self) -> int:
+        """Receive what is there into the core (waiting for at least one byte); the size."""
+        sock = self._sock
+        if sock is None:
+            data = await self.stream.receive_some(self.receive_size)
+            self._feed(data)
+            return len(data)
+        buf = self.conn.receive_buffer()
+        try:
+            size = sock.recv_into(buf)
+        except BlockingIOError:
+            size = self._poll(sock, buf) if self.busy_poll else await self._retry(sock, buf)
+            while size < 0:
+                await trio.lowlevel.wait_readable(sock)
+                try:
+                    size = sock.recv_into(buf)
+                except BlockingIOError:
+                    continue
+            self._streak = 0
+        else:
+            self._streak += 1
+        del buf
+        self.conn.received(size)
+        if self._streak >= _FAIRNESS:  # data keeps coming: let other tasks run too
+            self._streak = 0
+            await trio.sleep(0)
+        return size
+
+    @staticmethod
+    async def _retry(sock: socket.socket, buf: memoryview) -> int:
+        """One more receive after a turn of the scheduler; -1 if nothing came."""
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        try:
+            return sock.recv_into(buf)
+        except BlockingIOError:
+            return -1
+
+    def _poll(self, sock: socket.socket, buf: memoryview) -> int:
+        """Non-blocking receives for up to ``busy_poll`` seconds; -1 if nothing came."""
+        deadline = time.perf_counter() + self.busy_poll
+        while time.perf_counter() < deadline:
+            try:
+                return sock.recv_into(buf)
+            except BlockingIOError:
+                continue
+        return -1
+
+    async def _send(self, answers: list[Buffer]) -> None:
+        data = answers[0] if len(answers) == 1 else b"".join(answers)
+        sock = self._sock
+        if sock is None:
+            await self.stream.send_all(data)
+            return
+        view = memoryview(data)
+        while view:
+            try:
+                sent = sock.send(view)
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(sock)
+                continue
+            view = view[sent:]
+
+    async def _handle_events(self) -> tuple[list[Buffer], bool]:
         """Handle every event in what was received; the answers go out as one batch.
 
-        Returns the answers and whether the connection is to be closed (the host
-        closed it, or the stream cannot be framed: the answers to the requests before
-        the bad bytes still go out).
+        Returns the answers (buffers to send back to back) and whether the connection is
+        to be closed (the host closed it, or the stream cannot be framed: the answers to
+        the requests before the bad bytes still go out).
         """
+        answers: list[Buffer] = []
         out = bytearray()
         conn = self.conn
+        closed = False
         while True:
             try:
-                event = conn.next_event()
+                event = conn.next_batch_event()
             except FramingError as exc:
                 log.warning("%s: framing error, closing: %s", self.peer, escape(str(exc)))
-                self._drop_copy("aborted", exc.status_hint, f"framing error: {exc}")
-                return out, True
+                await self._drop_copy("aborted", exc.status_hint, f"framing error: {exc}")
+                closed = True
+                break
             if event is NEED_DATA:
-                return out, False
-            if isinstance(event, WriteData):
-                conn.answer_into(out, event, self._write(event))
+                break
+            if isinstance(event, WriteBatch):
+                if out:
+                    answers.append(out)
+                    out = bytearray()
+                answers.append(await self._write_batch(event))
+            elif isinstance(event, WriteData):
+                conn.answer_into(out, event, await self._write(event))
             elif isinstance(event, StartCopy):
                 conn.answer_into(out, event, await self._start(event))
             elif isinstance(event, CompleteCopy):
                 conn.answer_into(out, event, await self._complete())
             elif isinstance(event, CancelCopy):
-                self._drop_copy("cancelled", Status.S_OK, "the host cancelled")
+                await self._drop_copy("cancelled", Status.S_OK, "the host cancelled")
                 conn.answer_into(out, event, Status.S_OK)
             elif isinstance(event, Negotiate):
                 if event.status != Status.S_OK:
@@ -267,7 +376,7 @@ class Session:
                                 describe_status(event.status), escape(event.reason))
                 conn.answer_into(out, event)
             elif isinstance(event, CopyAborted):
-                self._drop_copy("aborted", event.status, event.reason)
+                await self._drop_copy("aborted", event.status, event.reason)
             elif isinstance(event, MessageDropped):
                 log.warning("%s: dropped a %d-byte message: too short to answer", self.peer,
                             event.size)
@@ -275,16 +384,22 @@ class Session:
                 if event.truncated:
                     log.warning("%s: closed mid-message (%d bytes lost)", self.peer,
                                 event.truncated)
-                return out, True
+                closed = True
+                break
+        if out:
+            answers.append(out)
+        return answers, closed
 
     async def _start(self, event: StartCopy) -> int:
         self._started = time.perf_counter()
         try:
             # Shielded: a cancellation must not lose the OpenCopy (and its temp file).
             with trio.CancelScope(shield=True), self._unbounded():
-                self.copy = await trio.to_thread.run_sync(
+                copy = await trio.to_thread.run_sync(
                     self.sink.begin, event.path_name, event.file_name, event.flags,
                     event.file_size)
+                self.copy = copy
+                self._writer = CopyWriter(copy, self.gather_bytes)
         except SinkError as exc:
             self._record(event.guest_path, event.file_size, 0, "failed", exc.status, exc.reason)
             return exc.status
@@ -299,38 +414,60 @@ class Session:
         finally:
             self._scope.deadline = trio.current_time() + self.idle_timeout + self._slack
 
-    def _write(self, event: WriteData) -> int:
-        copy = self.copy
-        if copy is None:  # the core only emits WriteData for an open copy
+    async def _write_batch(self, event: WriteBatch) -> memoryview:
+        """Gather the batch or write it in a worker thread; the answers to all its WRITEs
+        (a failed run fails its first WRITE, a failed flush of gathered data the first)."""
+        writer = self._writer
+        if writer is None:  # the core only emits batches for an open copy
+            return self.conn.answer_batch(event, failed_at=0, status=Status.E_FAIL)
+        if not writer.gather(event):
+            with self._unbounded():
+                failed, error = await self._thread.run(writer.write_runs, event.runs)
+            if error is not None:
+                await self._drop_copy("failed", error.status, error.reason)
+                first = 0 if failed == GATHERED else event.run_first[failed]
+                return self.conn.answer_batch(event, failed_at=first, status=error.status)
+        return self.conn.answer_batch(event)
+
+    async def _write(self, event: WriteData) -> int:
+        writer = self._writer
+        if writer is None:  # the core only emits WriteData for an open copy
             return Status.E_FAIL
-        try:
-            copy.write(event.offset, event.data)
-        except SinkError as exc:
-            self._drop_copy("failed", exc.status, exc.reason)
-            return exc.status
+        with self._unbounded():
+            _, error = await self._thread.run(
+                writer.write_runs, [(event.offset, [event.data])])
+        if error is not None:
+            await self._drop_copy("failed", error.status, error.reason)
+            return error.status
         return _S_OK
 
     async def _complete(self) -> int:
-        copy = self.copy
-        if copy is None:
+        copy, writer = self.copy, self._writer
+        if copy is None or writer is None:
             return Status.E_FAIL
         try:
             with trio.CancelScope(shield=True), self._unbounded():
-                await trio.to_thread.run_sync(copy.commit)
+                await trio.to_thread.run_sync(writer.commit)
         except SinkError as exc:
-            self._drop_copy("failed", exc.status, exc.reason)
+            await self._drop_copy("failed", exc.status, exc.reason)
             return exc.status
-        self.copy = None
+        self.copy = self._writer = None
+        self._thread.stop()
         self._record(copy.target, copy.file_size, copy.file_size, "committed", Status.S_OK, "")
         return Status.S_OK
 
-    def _drop_copy(self, outcome: str, status: int, reason: str) -> None:
-        copy = self.copy
+    async def _drop_copy(self, outcome: str, status: int, reason: str) -> None:
+        """Abort the open copy (close, unlink) in a worker thread, shielded: a cancelled
+        session still removes its temp file."""
+        copy, writer = self.copy, self._writer
         if copy is None:
             return
-        self.copy = None
-        copy.abort()
-        self._record(copy.target, copy.file_size, copy.bytes_written, outcome, status, reason)
+        received = copy.bytes_written + (writer.gathered if writer is not None else 0)
+        self.copy = self._writer = None
+        self._thread.stop()
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(copy.abort)
+        self._record(copy.target, copy.file_size, received, outcome, status, reason)
 
     def _record(self, target: str, size: int, received: int, outcome: str, status: int,
                 reason: str) -> None:

@@ -9,8 +9,8 @@ real time.
 from __future__ import annotations
 
 import errno
-import math
 import logging
+import math
 import os
 from pathlib import Path
 

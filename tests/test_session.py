@@ -8,8 +8,8 @@ next deadline as soon as every task waits. Requests are built by the host engine
 
 trio's autojump clock also jumps while a worker thread runs (the loop only sees tasks
 waiting), which would let virtual time pass during every sink call; so these tests run
-``trio.to_thread.run_sync`` inline (the ``inline_threads`` fixture). A sink call that is
-to take time moves the clock itself (``MemorySink(on_call=...)``).
+``trio.to_thread.run_sync`` and the writer thread inline (the ``inline_threads``
+fixture). A sink call that is to take time moves the clock itself (``MemorySink(on_call=...)``).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from gsi.fake_sink import MemorySink
 from gsi.protocol import GuestConnection
 from gsi.server import Receiver, ReceiverConfig
 from gsi.session import CopyRecord, Session
+from gsi.writer import WriterThread
 from host_sim.protocol import Answer, HostConnection
 
 T = 8.0
@@ -52,6 +53,11 @@ def inline_threads(monkeypatch: pytest.MonkeyPatch) -> None:
         return fn(*args)
 
     monkeypatch.setattr(trio.to_thread, "run_sync", run_sync)
+
+    async def run_inline(self: WriterThread, fn: Callable[..., R], *args: Any) -> R:
+        return await run_sync(fn, *args)
+
+    monkeypatch.setattr(WriterThread, "run", run_inline)
 
 
 pytestmark = pytest.mark.usefixtures("inline_threads")
@@ -237,16 +243,26 @@ async def test_complete_failing_in_the_sink(autojump_clock: trio.testing.MockClo
 
 async def test_write_failing_in_the_sink_ends_the_copy(
         autojump_clock: trio.testing.MockClock) -> None:
+    """The sink's failure reaches the host at the latest at COMPLETE (a lone WRITE may be
+    gathered and answered before it reaches the sink, gsi.writer): the first non-zero
+    answer carries the sink's status, every later one 0x80004005, nothing is committed."""
     sink = MemorySink()
     async with running(sink) as r:
         await r.host.negotiate()
-        assert (await r.host.start()).ok
+        assert (await r.host.start(file_size=2 * 6144)).ok
         sink.fail["write"] = SinkError(Status.DISK_FULL, "disk full")
-        assert (await r.host.request(r.host.conn.write(0, b"x"))).status == Status.DISK_FULL
+        statuses = [(await r.host.request(r.host.conn.write(offset, bytes(6144)))).status
+                    for offset in (0, 6144)]
+        statuses.append((await r.host.request(r.host.conn.complete())).status)
         del sink.fail["write"]
-        assert (await r.host.request(r.host.conn.write(1, b"x"))).status == Status.E_FAIL
+        statuses.append((await r.host.request(r.host.conn.write(0, b"x"))).status)
+    failures = [status for status in statuses if status != Status.S_OK]
+    assert failures[0] == Status.DISK_FULL
+    assert failures[1:] == [Status.E_FAIL] * (len(failures) - 1)
+    assert statuses[-1] == Status.E_FAIL
     assert outcomes(r.records) == [("failed", "/d/f", Status.DISK_FULL, "disk full")]
     assert not sink.open_copies
+    assert "/d/f" not in sink.files
 
 
 # -- idle timeout -----------------------------------------------------------------------

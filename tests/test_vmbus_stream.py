@@ -252,6 +252,7 @@ async def test_idle_timeout_keeps_the_channel(tmp_path: Path,
             autojump_clock.autojump_threshold = 0
             client = host.client()
             await client.negotiate()
+            autojump_clock.autojump_threshold = 0
             while receiver.stats.connections < 2:  # the idle session ended, a new one began
                 await trio.sleep(1)  # virtual time
             # From here on real time: the copy reads its source in a worker thread, which
