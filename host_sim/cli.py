@@ -20,8 +20,8 @@ from gsi.constants import (
     Version,
 )
 from gsi.errors import CopyFailed, GsiError
-from gsi.transports import TransportError, parse_url
 
+from .cli_util import bad_url
 from .client import CopyResult, HostClient, Progress, open_host
 from .conformance import cli as check_cli
 from .fault_cli import run_cli as run_faulty
@@ -222,10 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         if not source.is_file():
             print(f"host-sim: {source} is not a readable file", file=sys.stderr)
             return 2
-    try:
-        parse_url(args.to)
-    except TransportError as exc:
-        print(f"host-sim: {exc}", file=sys.stderr)
+    if bad_url(args.to):
         return 2
     if args.fault:
         try:

@@ -13,8 +13,8 @@ import trio
 from gsi.errors import GsiError
 from gsi.server import ReceiverConfig, config_options
 from gsi.trace import Trace, read_trace
-from gsi.transports import TransportError, parse_url
 
+from .cli_util import bad_url
 from .pcapng import export_pcapng
 from .replayer import replay
 from .trace_decode import render_trace
@@ -99,10 +99,7 @@ def _replay(args: argparse.Namespace) -> int:
     trace = _load(args.trace)
     if trace is None:
         return 2
-    try:
-        parse_url(args.to)
-    except TransportError as exc:
-        print(f"host-sim: {exc}", file=sys.stderr)
+    if bad_url(args.to):
         return 2
     notes = option_notes(trace)
     if notes:
