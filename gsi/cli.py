@@ -116,8 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "TCP listeners are open to every local user")
     p.add_argument("--temp-files", choices=["auto", "named"], default="auto",
                    help="auto: unnamed temp files (O_TMPFILE) where the filesystem has "
-                        "them, named .gsi-*.part files elsewhere; named: always named "
-                        "(default %(default)s)")
+                        "them, named .gsi-*.part files elsewhere, and everywhere if "
+                        "/proc/self/fd cannot link them (checked at start); named: always "
+                        "named (default %(default)s)")
     p.add_argument("--max-file-size", type=_positive_int, default=(1 << 64) - 1,
                    metavar="BYTES", help="refuse larger files at START with 0x80070057")
     p.add_argument("--file-mode", type=_mode, default=None, metavar="OCTAL",

@@ -174,6 +174,7 @@ class Receiver:
     async def serve(self, listeners: list[trio.abc.Listener[trio.abc.Stream]], *,
                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Accept and serve until :meth:`shutdown`; then wait for the sessions."""
+        await trio.to_thread.run_sync(self.sink.check_temp_files)
         removed = await trio.to_thread.run_sync(self.sink.cleanup_stale_temps)
         for name in removed:
             log.info("removed a stale temp file left by a dead receiver: %s", name)

@@ -16,9 +16,11 @@ that :meth:`FileSink.cleanup_stale_temps` removes exactly those of receivers tha
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
+import threading
 from typing import Final
 
 from .begin import MAX_FILE_SIZE, DestinationRules, name_max, open_destination
@@ -28,7 +30,7 @@ from .open_copy import OpenCopy
 from .paths import sink_error_from
 from .space import SpaceLedger
 from .sweep import InstanceLock, sweep_stale_temps
-from .temps import TEMP_NAME_FORMAT, TEMP_NAME_RE, TempPolicy
+from .temps import TEMP_NAME_FORMAT, TEMP_NAME_RE, TempPolicy, check_unnamed
 
 __all__ = ["MAX_FILE_SIZE", "TEMP_FILE_MODES", "TEMP_NAME_FORMAT", "TEMP_NAME_RE",
            "FileSink", "OpenCopy"]
@@ -65,7 +67,8 @@ class FileSink:
             of ``path_name`` is created only when ``path_name`` ends in "/" (by
             default every missing component is created).
         temp_files: "auto": unnamed temp files (``O_TMPFILE``) where the filesystem has
-            them, named ones elsewhere; "named": always named ones (see :mod:`gsi.temps`).
+            them and they can be committed (see :meth:`check_temp_files`), named ones
+            elsewhere; "named": always named ones (see :mod:`gsi.temps`).
 
     Raises:
         SinkError: PATH_NOT_FOUND if ``root`` does not exist or is not a directory,
@@ -112,8 +115,10 @@ class FileSink:
             linux_create_path=linux_create_path, declare_space=check_free_space or preallocate)
         self._instance = InstanceLock()
         self._space = SpaceLedger()
+        self._temps_lock = threading.Lock()
+        self._temps_checked = False
         self._temps = TempPolicy(
-            unnamed=temp_files == "auto" and os.path.isdir("/proc/self/fd"),
+            unnamed=temp_files == "auto",
             instance=lambda: self._instance.acquire(self._require_root()),
             token=lambda: self._instance.token,
         )
@@ -138,6 +143,8 @@ class FileSink:
             ValueError: the sink is closed.
         """
         root_fd = self._require_root()
+        if not self._temps_checked:
+            self.check_temp_files()
         try:
             return self._begin(root_fd, path_name, file_name, CopyFlags(flags), file_size)
         except SinkError:
@@ -168,6 +175,35 @@ class FileSink:
             guard=where.guard,
             release=where.release,
         )
+
+    @property
+    def unnamed_temps(self) -> bool:
+        """Whether copies try unnamed temp files first (after :meth:`check_temp_files`)."""
+        return self._temps.unnamed
+
+    def check_temp_files(self) -> None:
+        """Check once that unnamed temp files can be committed in the root; else use named.
+
+        With ``temp_files="auto"`` an ``O_TMPFILE`` file is linked through ``/proc/self/fd``
+        to a fresh temp name in the root and removed (:func:`gsi.temps.check_unnamed`). If
+        that fails (no ``/proc``, a tmpfs over it, ``ProtectProc``...), every copy uses named
+        temp files from then on, and one warning says why. Blocking (run it in a worker
+        thread); the receiver calls it before it accepts connections, and the first
+        :meth:`begin` does if nobody did. Later calls return at once.
+
+        Raises:
+            ValueError: the sink is closed.
+        """
+        with self._temps_lock:
+            if self._temps_checked:
+                return
+            root_fd = self._require_root()
+            why = check_unnamed(root_fd, self._instance.token) if self._temps.unnamed else None
+            if why is not None:
+                log.warning("unnamed temp files (O_TMPFILE) cannot be committed here: %s;"
+                            " using named temp files (.gsi-*.part) instead", why)
+                self._temps = dataclasses.replace(self._temps, unnamed=False)
+            self._temps_checked = True
 
     def declared_space(self, path: str | os.PathLike[str] | None = None) -> int:
         """Bytes open copies have declared on the filesystem of ``path`` (default: root)."""
