@@ -186,7 +186,7 @@ class FileSink:
 
         With ``temp_files="auto"`` an ``O_TMPFILE`` file is linked through ``/proc/self/fd``
         to a fresh temp name in the root and removed (:func:`gsi.temps.check_unnamed`). If
-        that fails (no ``/proc``, a tmpfs over it, ``ProtectProc``...), every copy uses named
+        that fails (no ``/proc``, a tmpfs over it, a sandbox hiding it), every copy uses named
         temp files from then on, and one warning says why. Blocking (run it in a worker
         thread); the receiver calls it before it accepts connections, and the first
         :meth:`begin` does if nobody did. Later calls return at once.

@@ -7,7 +7,7 @@ rather than clobber; for OVER_WRITE, when the target exists, it is linked to a f
 name first, then renamed over the target.
 
 Linking through ``/proc`` needs a usable ``/proc`` (not there, a tmpfs over it, another
-PID namespace's, ``ProtectProc``...): :func:`check_unnamed` tries it once, before any copy,
+PID namespace's, a sandbox hiding it): :func:`check_unnamed` tries it once, before any copy,
 and the sink uses named temps if it fails. Where ``O_TMPFILE`` is not available (EOPNOTSUPP,
 EISDIR or EINVAL from ``open``), cannot be committed, or is not wanted
 (``temp_files="named"``), the temp file is named
