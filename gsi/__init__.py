@@ -15,6 +15,7 @@ from ._lazy import lazy_exports
 if TYPE_CHECKING:
     from .constants import CopyFlags, IcMsgType, Operation, Status, describe_status
     from .errors import (
+        AcceptError,
         CopyFailed,
         FramingError,
         GsiError,
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "NEED_DATA",
+    "AcceptError",
     "CancelCopy",
     "CompleteCopy",
     "ConnectionClosed",
@@ -81,7 +83,7 @@ from ._version import __version__ as __version__
 _EXPORTS = {
     **dict.fromkeys(["CopyFlags", "IcMsgType", "Operation", "Status", "describe_status"],
                     ".constants"),
-    **dict.fromkeys(["CopyFailed", "FramingError", "GsiError", "InvalidNameError",
+    **dict.fromkeys(["AcceptError", "CopyFailed", "FramingError", "GsiError", "InvalidNameError",
                      "LocalProtocolError", "ProtocolError", "RemoteProtocolError",
                      "SinkError"], ".errors"),
     **dict.fromkeys(["NEED_DATA", "CancelCopy", "CompleteCopy", "ConnectionClosed",

@@ -14,7 +14,7 @@ import trio
 
 from ._version import __version__
 from .constants import DATA_FRAGMENT
-from .errors import GsiError
+from .errors import AcceptError, GsiError
 from .server import Receiver, ReceiverConfig
 from .transports import (
     TransportError,
@@ -26,6 +26,10 @@ from .transports import (
 )
 
 log = logging.getLogger("gsi.receiver")
+
+EXIT_SERVING_FAILED = 1
+"""Exit status when serving fails after startup (a listener's accept failed); startup and
+usage errors exit with 2."""
 
 TRANSPORT_MODES: dict[str, bool | None] = {"auto": None, "native": True, "threaded": False}
 """``--transport-mode`` -> the ``native`` argument of ``gsi.transports.open_listeners``."""
@@ -116,8 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "TCP listeners are open to every local user")
     p.add_argument("--temp-files", choices=["auto", "named"], default="auto",
                    help="auto: unnamed temp files (O_TMPFILE) where the filesystem has "
-                        "them, named .gsi-*.part files elsewhere; named: always named "
-                        "(default %(default)s)")
+                        "them, named .gsi-*.part files elsewhere, and everywhere if "
+                        "/proc/self/fd cannot link them (checked at start); named: always "
+                        "named (default %(default)s)")
     p.add_argument("--max-file-size", type=_positive_int, default=(1 << 64) - 1,
                    metavar="BYTES", help="refuse larger files at START with 0x80070057")
     p.add_argument("--file-mode", type=_mode, default=None, metavar="OCTAL",
@@ -222,6 +227,19 @@ def _listener_notes(url: str) -> list[str]:
     return []
 
 
+def _accept_failure(group: BaseExceptionGroup[BaseException]) -> AcceptError | None:
+    """The first AcceptError of ``group`` if it holds nothing else (nested groups are what
+    trio's nurseries make of one failed accept loop), else None."""
+    accept_errors, rest = group.split(AcceptError)
+    if accept_errors is None or rest is not None:
+        return None
+    first: BaseException = accept_errors
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    assert isinstance(first, AcceptError)
+    return first
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
@@ -249,6 +267,12 @@ def main(argv: list[str] | None = None) -> int:
     except (TransportError, OSError) as exc:
         print(f"gsi-receiver: cannot listen: {exc}", file=sys.stderr)
         return 2
+    except BaseExceptionGroup as group:
+        failure = _accept_failure(group)
+        if failure is None:
+            raise
+        print(f"gsi-receiver: {failure}; stopped (open copies aborted)", file=sys.stderr)
+        return EXIT_SERVING_FAILED
     except GsiError as exc:
         print(f"gsi-receiver: {exc}", file=sys.stderr)
         return 2

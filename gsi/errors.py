@@ -52,6 +52,20 @@ class CopyFailed(GsiError):
         self.status = status
 
 
+class AcceptError(GsiError):
+    """A listener's ``accept`` failed in a way that waiting does not cure; serving stops.
+
+    Attributes:
+        listener: the listener's URL (or its type where it has none), for the message.
+        errno: the ``OSError``'s errno.
+    """
+
+    def __init__(self, msg: str, *, listener: str, errno: int | None) -> None:
+        super().__init__(msg)
+        self.listener = listener
+        self.errno = errno
+
+
 class SinkError(GsiError):
     """The destination refused an operation; ``status`` is what the guest answers.
 

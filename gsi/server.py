@@ -16,7 +16,7 @@ from typing import Any, Final
 import trio
 
 from .constants import DATA_FRAGMENT, GUEST_FCOPY_VERSIONS, GUEST_FRAMEWORK_VERSIONS, Version
-from .errors import GsiError
+from .errors import AcceptError, GsiError
 from .paths import describe_oserror
 from .protocol import GuestConnection
 from .session import CopyRecord, Session
@@ -29,8 +29,9 @@ ACCEPT_CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENO
                                            errno.ENOBUFS})
 """accept() errors that say the system is out of resources: the receiver logs them and
 retries after :data:`ACCEPT_BACKOFF` seconds. Any other OSError from ``accept`` ends
-:meth:`Receiver.serve` (trio's ``serve_listeners`` policy; the listeners themselves
-already retry what a vanished peer causes, such as ECONNABORTED)."""
+:meth:`Receiver.serve` with an :class:`~gsi.errors.AcceptError` naming the listener
+(trio's ``serve_listeners`` policy; the listeners themselves already retry what a vanished
+peer causes, such as ECONNABORTED)."""
 ACCEPT_BACKOFF: Final = 0.1
 
 
@@ -173,7 +174,13 @@ class Receiver:
 
     async def serve(self, listeners: list[trio.abc.Listener[trio.abc.Stream]], *,
                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Accept and serve until :meth:`shutdown`; then wait for the sessions."""
+        """Accept and serve until :meth:`shutdown`; then wait for the sessions.
+
+        Raises:
+            AcceptError: (in an exception group) a listener's ``accept`` failed with an
+                errno other than :data:`ACCEPT_CAPACITY_ERRNOS`; open copies are aborted.
+        """
+        await trio.to_thread.run_sync(self.sink.check_temp_files)
         removed = await trio.to_thread.run_sync(self.sink.cleanup_stale_temps)
         for name in removed:
             log.info("removed a stale temp file left by a dead receiver: %s", name)
@@ -213,12 +220,14 @@ class Receiver:
 
     async def _accept_loop(self, listener: trio.abc.Listener[trio.abc.Stream],
                            sessions: trio.Nursery) -> None:
+        name = _listener_name(listener)  # now: a failed listener may not know it any more
         while True:
             try:
                 stream = await listener.accept()
             except OSError as exc:
                 if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
-                    raise
+                    raise AcceptError(f"accepting on {name} failed: {describe_oserror(exc)}",
+                                      listener=name, errno=exc.errno) from exc
                 log.error("accept failed: %s; retrying in %s seconds",
                           describe_oserror(exc), ACCEPT_BACKOFF)
                 await trio.sleep(ACCEPT_BACKOFF)
@@ -246,13 +255,9 @@ class Receiver:
                 listener: trio.abc.Listener[trio.abc.Stream]) -> TraceStream:
         """The stream wrapped in a recorder writing to a new file in ``config.trace``."""
         from . import __version__
-        from .transports import listener_url
 
         assert self.config.trace is not None
-        try:
-            url = listener_url(listener)
-        except (TypeError, GsiError, OSError):
-            url = "?"
+        url = _listener_name(listener, "?")
         started = time.time_ns()
         metadata = {"format": "gsi-trace", "peer": peer, "listener": url,
                     "receiver": f"gsi-receiver {__version__}",
@@ -335,6 +340,16 @@ def config_options(options: dict[str, Any]) -> dict[str, Any]:
             out[name] = (tuple(tuple(v) for v in value) if name.endswith("_versions")
                          else value)
     return out
+
+
+def _listener_name(listener: trio.abc.Listener[Any], unknown: str = "") -> str:
+    """The URL ``listener`` is bound to; else ``unknown``, or the listener's type name."""
+    from .transports import listener_url
+
+    try:
+        return listener_url(listener)
+    except (TypeError, GsiError, OSError):
+        return unknown or type(listener).__name__
 
 
 def _peer_name(stream: trio.abc.Stream, number: int) -> str:

@@ -6,8 +6,11 @@ behind. It is committed by ``linkat`` through ``/proc/self/fd/N``, which fails w
 rather than clobber; for OVER_WRITE, when the target exists, it is linked to a fresh random
 name first, then renamed over the target.
 
-Where ``O_TMPFILE`` is not available (EOPNOTSUPP, EISDIR or EINVAL from ``open``, no
-``/proc``) or not wanted (``temp_files="named"``), the temp file is named
+Linking through ``/proc`` needs a usable ``/proc`` (not there, a tmpfs over it, another
+PID namespace's, a sandbox hiding it): :func:`check_unnamed` tries it once, before any copy,
+and the sink uses named temps if it fails. Where ``O_TMPFILE`` is not available (EOPNOTSUPP,
+EISDIR or EINVAL from ``open``), cannot be committed, or is not wanted
+(``temp_files="named"``), the temp file is named
 ``.gsi-<instance>-<token>.part`` (:data:`TEMP_NAME_FORMAT`), ``<instance>`` being the
 token of the receiver's instance lock (:mod:`gsi.sweep`). Before a named temp is committed
 or removed, its name is checked to still be this file (device and inode, as ``fstat`` gave
@@ -38,8 +41,8 @@ from .errors import SinkError
 from .logsafe import escape
 from .paths import describe_oserror, sink_error_from
 
-__all__ = ["TEMP_NAME_FORMAT", "TEMP_NAME_RE", "Temp", "TempPolicy", "commit_temp",
-           "create_temp", "remove_temp"]
+__all__ = ["TEMP_NAME_FORMAT", "TEMP_NAME_RE", "Temp", "TempPolicy", "check_unnamed",
+           "commit_temp", "create_temp", "remove_temp"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,9 @@ _RENAME_NOREPLACE: Final = 1
 _RENAME_EXCHANGE: Final = 2
 _NO_TMPFILE: Final = (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL)
 _NO_RENAMEAT2: Final = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP)
+_NO_ROOM: Final = (errno.ENOSPC, errno.EDQUOT)
+_PROC_FD: Final = "/proc/self/fd"
+"""Where an unnamed temp's fd is reached by path, to ``linkat`` it into a directory."""
 
 
 def _named_flags() -> int:
@@ -117,6 +123,37 @@ def _open_unnamed(dir_fd: int, target: str) -> int | None:
         raise _temp_error(exc, target) from None
 
 
+def check_unnamed(dir_fd: int, instance: str) -> str | None:
+    """Whether an unnamed temp made in ``dir_fd`` can be committed: one is created, linked
+    through ``/proc/self/fd`` to a fresh temp name (:data:`TEMP_NAME_FORMAT`), removed.
+
+    Returns:
+        None if it can, or if the check cannot tell (no ``O_TMPFILE`` on this filesystem,
+        the directory is not writable, no room for a name: copies meet that anyway);
+        else why not, a phrase for the log.
+    """
+    try:
+        fd = _open_unnamed(dir_fd, "the temp file check")
+    except SinkError:
+        return None
+    if fd is None:
+        return None if os.path.isdir(_PROC_FD) else f"{_PROC_FD} is not there"
+    temp = Temp(fd, "", (-1, -1))
+    try:
+        st = os.fstat(fd)
+        temp.ident = (st.st_dev, st.st_ino)
+        temp.name = _link_fresh(fd, dir_fd, instance, "the temp file check")
+    except OSError as exc:
+        if exc.errno in _NO_ROOM:
+            return None
+        return f"linking one through {_PROC_FD} failed: {describe_oserror(exc)}"
+    except SinkError as exc:
+        return exc.reason
+    finally:
+        remove_temp(temp, dir_fd, "the temp file check")
+    return None
+
+
 def _open_named(dir_fd: int, instance: str, target: str) -> tuple[int, str]:
     for _ in range(_TEMP_ATTEMPTS):
         name = TEMP_NAME_FORMAT.format(instance=instance, token=secrets.token_hex(8))
@@ -152,7 +189,7 @@ def commit_temp(temp: Temp, dir_fd: int, file_name: str, *, overwrite: bool,
         temp.name = ""
         return
     try:
-        os.link(f"/proc/self/fd/{temp.fd}", file_name, dst_dir_fd=dir_fd, follow_symlinks=True)
+        os.link(f"{_PROC_FD}/{temp.fd}", file_name, dst_dir_fd=dir_fd, follow_symlinks=True)
         return
     except FileExistsError:
         if not overwrite:
@@ -210,7 +247,7 @@ def _link_fresh(fd: int, dir_fd: int, instance: str, target: str) -> str:
     for _ in range(_TEMP_ATTEMPTS):
         name = TEMP_NAME_FORMAT.format(instance=instance, token=secrets.token_hex(8))
         try:
-            os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dir_fd, follow_symlinks=True)
+            os.link(f"{_PROC_FD}/{fd}", name, dst_dir_fd=dir_fd, follow_symlinks=True)
         except FileExistsError:
             continue
         return name

@@ -104,9 +104,11 @@ class ReceiverProcess:
     """
 
     def __init__(self, root: Path, listen: Sequence[str], extra: Sequence[str] = (),
-                 *, log_level: str = "INFO") -> None:
+                 *, log_level: str = "INFO", prefix: Sequence[str] = ()) -> None:
+        """``prefix``: a command that execs the receiver (``unshare ...``), or none."""
         self.root = root
-        args = [sys.executable, "-m", "gsi.cli", "--root", str(root), "--log-level", log_level]
+        args = [*prefix, sys.executable, "-m", "gsi.cli", "--root", str(root),
+                "--log-level", log_level]
         for url in listen:
             args += ["--listen", url]
         args += list(extra)
