@@ -6,8 +6,11 @@ the event loop waiting for the write before the next chunk (the receive buffer i
 so its views must not be overwritten before they are written):
 
 * ``to_thread``: ``trio.to_thread.run_sync`` per chunk (trio's cached worker threads);
-* ``writer thread``: one thread per connection fed by a bounded queue
-  (``queue.Queue(maxsize=1)``), reporting completion with ``TrioToken.run_sync_soon``.
+* ``queue thread``: one thread per connection fed by a bounded queue
+  (``queue.Queue(maxsize=1)``), reporting completion with ``TrioToken.run_sync_soon``
+  (what the receiver did before);
+* ``writer thread``: the receiver's own :class:`gsi.writer.WriterThread` (the job handed
+  over through a released lock, its end signalled through an eventfd).
 
 Prints process CPU and wall microseconds per chunk for each, and the same for the bare
 ``pwritev`` on the loop thread (the floor). Run it pinned (``taskset -c 1``) for figures
@@ -25,6 +28,8 @@ import time
 from collections.abc import Callable
 
 import trio
+
+from gsi.writer import WriterThread
 
 FRAGMENT = 6144
 
@@ -63,6 +68,15 @@ def main(argv: list[str] | None = None) -> int:
             return time.perf_counter() - t
 
         async def writer_thread() -> float:
+            writer = WriterThread()
+            t = time.perf_counter()
+            for k in range(args.chunks):
+                await writer.run(write, k)
+            wall = time.perf_counter() - t
+            writer.stop()
+            return wall
+
+        async def queue_thread() -> float:
             token = trio.lowlevel.current_trio_token()
             jobs: queue.Queue[tuple[int, trio.Event] | None] = queue.Queue(maxsize=1)
 
@@ -85,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
 
         _bench("inline", args.chunks, inline)
         _bench("to_thread", args.chunks, lambda: trio.run(to_thread))
+        _bench("queue thread", args.chunks, lambda: trio.run(queue_thread))
         _bench("writer thread", args.chunks, lambda: trio.run(writer_thread))
     return 0
 

@@ -98,6 +98,13 @@ class Framer:
         self._room(want)
         return memoryview(self._buf)[self._end:]
 
+    def spare(self) -> memoryview:
+        """The free space after the data, without moving anything (possibly empty); pass
+        the number of bytes received into it to :meth:`received`."""
+        if self._eof:
+            raise LocalProtocolError("receive after end of stream")
+        return memoryview(self._buf)[self._end:]
+
     def received(self, size: int) -> None:
         """``size`` bytes were received into the last :meth:`receive_buffer` (0: end of
         stream)."""

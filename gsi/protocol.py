@@ -268,6 +268,10 @@ class GuestConnection:
         :meth:`received`. Ends the validity of earlier WriteBatch views."""
         return self._framer.receive_buffer()
 
+    def receive_spare(self) -> memoryview:
+        """:meth:`receive_buffer` without moving buffered data (possibly empty)."""
+        return self._framer.spare()
+
     def received(self, size: int) -> None:
         """``size`` bytes arrived in the last :meth:`receive_buffer` (0: end of stream)."""
         self._framer.received(size)

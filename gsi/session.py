@@ -8,7 +8,9 @@ every copy once when it ends.
 The data path: on a socket stream the bytes are received straight into the core's
 reused buffer (non-blocking ``recv_into``; when nothing is there, one more try after a
 turn of trio's scheduler, which often finds the host's next request without the cost of
-sleeping and waking, then ``wait_readable``; other streams go through ``receive_some``).
+sleeping and waking, then ``wait_readable``; once data came, a few more non-blocking
+receives take the rest of the host's burst, so it is handled as one chunk; other streams
+go through ``receive_some``).
 A run of WRITEs comes out as one :class:`~gsi.events.WriteBatch`. A small one (one WRITE
 per chunk: stop-and-wait) is gathered in memory and answered at once; any other is
 written in the connection's writer thread, one ``pwritev`` per contiguous run straight
@@ -57,6 +59,10 @@ _S_OK: Final = Status.S_OK
 """Bound once: the per-fragment path reads it (an Enum class attribute costs ~90 ns)."""
 _FAIRNESS: Final = 16
 """Receives that found data at once in a row before the session yields to other tasks."""
+_DRAIN_TRIES: Final = 4
+"""Further receives, without waiting, after one that found data (see Session._drain)."""
+_DRAIN_ROOM: Final = 64 * 1024
+"""Free buffer space below which the session does not try a further receive."""
 
 
 def _raw_socket(stream: trio.abc.Stream) -> socket.socket | None:
@@ -72,12 +78,13 @@ def _raw_socket(stream: trio.abc.Stream) -> socket.socket | None:
 class PacketPipe(Protocol):
     """A stream of whole messages (the vmbus ring): every ``receive_some`` returns one
     message for :meth:`GuestConnection.receive_message`, every ``send_all`` takes one
-    answer; ``attach`` gives the stream the session's core (see :mod:`gsi.vmbus.stream`)."""
+    answer; ``attach`` gives the stream the session's core and the busy-poll time (see
+    :mod:`gsi.vmbus.stream`)."""
 
     @property
     def packet_pipe(self) -> bool: ...
 
-    def attach(self, core: GuestConnection) -> None: ...
+    def attach(self, core: GuestConnection, *, busy_poll: float = 0.0) -> None: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -120,8 +127,9 @@ class Session:
             (sockets receive into the core's buffer, see GuestConnection).
         peer: a name for the log.
         on_record: called with the record of every copy that ends.
-        busy_poll: seconds to keep trying a non-blocking receive after answering before
-            waiting in the event loop (sockets only; 0: off).
+        busy_poll: seconds to keep looking for the next request after answering before
+            waiting in the event loop: non-blocking receives on a socket, the ring's write
+            index on a packet pipe (0: off).
         gather_bytes: small WRITE batches are gathered up to this many bytes before they
             go to the sink (see :mod:`gsi.writer`).
     """
@@ -154,7 +162,7 @@ class Session:
         self.copy: SinkCopy | None = None
         self._feed: Callable[[bytes | bytearray | memoryview], None] = connection.receive_data
         if isinstance(stream, PacketPipe) and stream.packet_pipe:  # one receive, one message
-            stream.attach(connection)
+            stream.attach(connection, busy_poll=busy_poll)
             self._feed = connection.receive_message
         self._started = 0.0
         self._stopping = False
@@ -287,10 +295,36 @@ class Session:
             self._streak += 1
         del buf
         self.conn.received(size)
+        if size:
+            size += self._drain(sock)
         if self._streak >= _FAIRNESS:  # data keeps coming: let other tasks run too
             self._streak = 0
             await trio.sleep(0)
         return size
+
+    def _drain(self, sock: socket.socket) -> int:
+        """More of what is already there, without waiting: bytes received.
+
+        A host sends a window's WRITEs in one burst, and a receiver that woke at its
+        first bytes would otherwise handle it in several small chunks, each paying a
+        loop turn, a hand-off to the writer thread and a send."""
+        conn = self.conn
+        total = 0
+        for _ in range(_DRAIN_TRIES):
+            buf = conn.receive_spare()
+            if len(buf) < _DRAIN_ROOM:
+                break
+            try:
+                size = sock.recv_into(buf)
+            except BlockingIOError:
+                break
+            finally:
+                del buf
+            conn.received(size)
+            if not size:
+                break
+            total += size
+        return total
 
     @staticmethod
     async def _retry(sock: socket.socket, buf: memoryview) -> int:
@@ -433,6 +467,8 @@ class Session:
         writer = self._writer
         if writer is None:  # the core only emits WriteData for an open copy
             return Status.E_FAIL
+        if writer.gather_run(event.offset, (event.data,), len(event.data)):
+            return _S_OK
         with self._unbounded():
             _, error = await self._thread.run(
                 writer.write_runs, [(event.offset, [event.data])])

@@ -14,10 +14,9 @@ A batch of WRITEs (:class:`~gsi.events.WriteBatch`) reaches the file in one of t
   run from the receive buffer's views (no copy); the session waits for it before
   answering and before receiving into that buffer again (the views must stay valid).
 
-One writer thread per connection with a bounded queue (one job at a time) rather than
-``trio.to_thread.run_sync`` per chunk: measured with ``benchmarks/handoff_cost.py`` (one
-CPU), a hand-off costs 35-42 us of CPU that way against 62-73 us through trio's thread
-cache (57-63 against 87-88 us with 32 WRITEs per chunk).
+One writer thread per connection, one job at a time, rather than
+``trio.to_thread.run_sync`` per chunk: measured with ``benchmarks/handoff_cost.py``
+(see :class:`WriterThread` and benchmarks/README.md for the figures).
 
 The gather buffer is allocated at the first gathered WRITE (``min(limit, file_size)``
 bytes), never at START. Every method that may block runs in a worker thread (see
@@ -26,23 +25,23 @@ bytes), never at START. Every method that may block runs in a worker thread (see
 
 from __future__ import annotations
 
-import queue
+import os
+import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Final, TypeVar
 
 import trio
 
 from .errors import SinkError
 from .events import WriteBatch
-from .sink_api import SinkCopy
+from .sink_api import Buffer, SinkCopy
 
 GATHER_BELOW: Final = 64 * 1024
 """Batches with fewer data bytes than this (in one run) are gathered, larger ones written
 straight from the receive buffer."""
 
 _T = TypeVar("_T")
-_Job = tuple[Callable[..., Any], tuple[Any, ...], trio.Event, list[Any]]
 
 GATHERED: Final = -1
 """The run index :meth:`CopyWriter.write_runs` reports when the gathered data failed."""
@@ -79,11 +78,19 @@ class CopyWriter:
         runs = event.runs
         if not runs:
             return True
-        if len(runs) > 1 or event.nbytes >= GATHER_BELOW:
+        if len(runs) > 1:
             return False
         offset, views = runs[0]
+        return self.gather_run(offset, views, event.nbytes)
+
+    def gather_run(self, offset: int, views: Sequence[Buffer], nbytes: int) -> bool:
+        """Copy one contiguous run of ``nbytes`` at ``offset`` into the gather buffer
+        (event-loop safe); False, gathering nothing, as :meth:`gather`."""
+        if not nbytes:
+            return True
         fill = self._fill
-        if (fill and offset != self._start + fill) or fill + event.nbytes >= self._limit:
+        if (nbytes >= GATHER_BELOW or (fill and offset != self._start + fill)
+                or fill + nbytes >= self._limit):
             return False
         if not self._buf:
             self._buf = bytearray(self._limit)
@@ -145,50 +152,90 @@ class WriterThread:
     """A connection's writer thread: runs one blocking job at a time off the event loop.
 
     Started at the first job (a connection that never writes has none), stopped with
-    :meth:`stop` (the session does so when its copy ends). Waiting for a job is shielded
-    from cancellation, as ``trio.to_thread.run_sync`` is: the job keeps using the receive
-    buffer and the copy's file descriptor until it returns, so nothing may reuse or close
-    them before.
+    :meth:`stop` (the session does so when its copy ends). The hand-off is as cheap as
+    the two threads allow: the job goes over in an attribute and a released lock (one
+    futex wake), and its end comes back through an eventfd (a pipe where there is none)
+    that the waiting task reads, woken by trio's I/O wait: no queue, no condition
+    variable, no ``run_sync_soon``. Waiting for a job is shielded from cancellation, as
+    ``trio.to_thread.run_sync`` is: the job keeps using the receive buffer and the copy's
+    file descriptor until it returns, so nothing may reuse or close them before.
     """
 
-    __slots__ = ("_jobs", "_thread")
+    __slots__ = ("_channel",)
 
     def __init__(self) -> None:
-        self._jobs: queue.Queue[_Job | None] = queue.Queue(maxsize=1)
-        self._thread: threading.Thread | None = None
+        self._channel: _Channel | None = None
 
     async def run(self, fn: Callable[..., _T], *args: Any) -> _T:
         """``fn(*args)`` in the writer thread; its result, or its exception re-raised."""
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=_serve_jobs, args=(self._jobs, trio.lowlevel.current_trio_token()),
-                name="gsi-writer", daemon=True)
-            self._thread.start()
-        done = trio.Event()
-        box: list[Any] = []
-        self._jobs.put_nowait((fn, args, done, box))  # one job at a time: never full
+        channel = self._channel
+        if channel is None:
+            channel = self._channel = _Channel()
+        channel.job = (fn, args)
+        channel.go.release()
         with trio.CancelScope(shield=True):
-            await done.wait()
-        result, error = box
+            await channel.wait_done()
+        result, error = channel.result
         if error is not None:
             raise error
         return result  # type: ignore[no-any-return]
 
     def stop(self) -> None:
-        """Let the thread end (after the job it runs, if any). Idempotent."""
-        if self._thread is not None:
-            self._thread = None
-            self._jobs.put_nowait(None)
+        """Let the thread end (it closes its wake-up descriptors). Idempotent."""
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            channel.job = None
+            channel.go.release()
 
 
-def _serve_jobs(jobs: queue.Queue[_Job | None], token: trio.lowlevel.TrioToken) -> None:
-    while (job := jobs.get()) is not None:
-        fn, args, done, box = job
+class _Channel:
+    """One writer thread and its hand-off: ``go`` released with a ``job`` set runs it;
+    the thread stores ``result`` and writes to the wake-up descriptor."""
+
+    __slots__ = ("_read_fd", "_write_fd", "go", "job", "result")
+
+    def __init__(self) -> None:
+        if hasattr(os, "eventfd"):
+            self._read_fd = self._write_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        else:  # no eventfd: a non-blocking pipe
+            self._read_fd, self._write_fd = os.pipe()
+            os.set_blocking(self._read_fd, False)
+        self.go = threading.Lock()
+        self.go.acquire()
+        self.job: tuple[Callable[..., Any], tuple[Any, ...]] | None = None
+        self.result: tuple[Any, BaseException | None] = (None, None)
+        threading.Thread(target=self._serve, name="gsi-writer", daemon=True).start()
+
+    async def wait_done(self) -> None:
+        """Until the thread has finished the job handed over (waited for first: a job
+        that ends before the loop asks is rare, and a read now would only contend for
+        the GIL with the thread starting the job)."""
+        while True:
+            await trio.lowlevel.wait_readable(self._read_fd)
+            try:
+                os.read(self._read_fd, 8)
+                return
+            except BlockingIOError:  # woken, but not by this job's end
+                continue
+
+    def _serve(self) -> None:
         try:
-            box += (fn(*args), None)
-        except BaseException as exc:  # handed back to the waiting task
-            box += (None, exc)
-        try:
-            token.run_sync_soon(done.set)
-        except trio.RunFinishedError:
-            return
+            while True:
+                self.go.acquire()
+                job = self.job
+                if job is None:
+                    return
+                fn, args = job
+                try:
+                    self.result = (fn(*args), None)
+                except BaseException as exc:  # handed back to the waiting task
+                    self.result = (None, exc)
+                os.write(self._write_fd, _ONE)
+        finally:
+            os.close(self._read_fd)
+            if self._write_fd != self._read_fd:
+                os.close(self._write_fd)
+
+
+_ONE: Final = (1).to_bytes(8, sys.byteorder)
+"""What an eventfd write adds (a pipe just carries the 8 bytes)."""

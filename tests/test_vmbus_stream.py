@@ -17,11 +17,15 @@ from pathlib import Path
 import pytest
 import trio
 
-from gsi.errors import CopyFailed
+from gsi.constants import CopyFlags, Status
+from gsi.errors import CopyFailed, SinkError
+from gsi.fake_sink import MemorySink
+from gsi.protocol import GuestConnection
 from gsi.server import Receiver, ReceiverConfig
+from gsi.session import Session
 from gsi.transports import TransportError, connect, listener_url, open_listeners
 from gsi.vmbus import RingStream
-from host_sim import HostClient
+from host_sim import HostClient, open_host
 from host_sim.vmbus_emu import EmulatedHost, attach_emulated_host
 
 ALL_ONES = 0xFFFF_FFFF_FFFF_FFFF
@@ -105,9 +109,12 @@ NEGOTIATE = message(0, struct.pack("<HHI", 2, 2, 0x11223344)
 # --- byte-level answers --------------------------------------------------------------
 
 
-async def test_answer_bytes_match_the_linux_daemon(tmp_path: Path) -> None:
+@pytest.mark.parametrize("busy_poll", [0, 300])
+async def test_answer_bytes_match_the_linux_daemon(tmp_path: Path, busy_poll: int) -> None:
+    """The same bytes whether the receiver sleeps at once or first reads the ring's
+    indices for a while (--busy-poll, interrupts still masked)."""
     with trio.fail_after(20):
-        async with emulated_guest(tmp_path) as (url, root, _), \
+        async with emulated_guest(tmp_path, busy_poll=busy_poll) as (url, root, _), \
                 attach_emulated_host(url) as host:
             # NEGOTIATE, 4 bytes after the message (the guest sees them as padding):
             # counts 1/1, versions[0..1] = 3.0 and 1.1, icmsgsize 0x10, the rest echoed
@@ -290,12 +297,13 @@ async def test_graceful_shutdown_keeps_the_channel_for_an_open_copy(tmp_path: Pa
 # --- flow control: pipelined WRITEs fill both rings ------------------------------------
 
 
-@pytest.mark.parametrize("ring_size", [0x4000, 0x5000])
-async def test_full_rings_both_ways(tmp_path: Path, ring_size: int) -> None:
+@pytest.mark.parametrize(("ring_size", "busy_poll"), [(0x4000, 0), (0x5000, 0),
+                                                       (0x4000, 300)])
+async def test_full_rings_both_ways(tmp_path: Path, ring_size: int, busy_poll: int) -> None:
     data = os.urandom((1 << 20) + 77)
     source = _source(tmp_path, data)
     with trio.fail_after(30):
-        async with emulated_guest(tmp_path, ring_size) as (url, root, _):
+        async with emulated_guest(tmp_path, ring_size, busy_poll=busy_poll) as (url, root, _):
             stream = await connect(url)
             assert isinstance(stream, RingStream)
             client = HostClient(stream)
@@ -306,6 +314,40 @@ async def test_full_rings_both_ways(tmp_path: Path, ring_size: int) -> None:
                 await stream.aclose()
     assert (root / "deep/src.bin").read_bytes() == data
     assert (root / "deep/again.bin").read_bytes() == data
+
+
+async def test_a_disk_error_on_the_ring_fails_the_copy(tmp_path: Path) -> None:
+    """On the ring every WRITE is its own message, gathered and answered before it
+    reaches the sink (gsi.writer): a sink that fails makes a later WRITE or the COMPLETE
+    fail with its status, every answer after that is 0x80004005, nothing is committed."""
+    listeners = await open_listeners(f"vmbus-emu://{tmp_path}/ring")
+    sink = MemorySink()
+    statuses: list[int] = []
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+
+            async def serve() -> None:
+                stream = await listeners[0].accept()
+                await Session(stream, sink, GuestConnection(), idle_timeout=30).run()
+
+            nursery.start_soon(serve)
+            async with open_host(listener_url(listeners[0])) as host:
+                await host.negotiate()
+                start = host.conn.start_copy(file_name="f", path_name="/",
+                                             flags=CopyFlags(0), file_size=3 * 6144)
+                assert (await host.request(start)).ok
+                sink.fail["write"] = SinkError(Status.DISK_FULL, "disk full")
+                for offset in (0, 6144, 2 * 6144):
+                    statuses.append((await host.request(
+                        host.conn.write(offset, bytes(6144)))).status)
+                statuses.append((await host.request(host.conn.complete())).status)
+            nursery.cancel_scope.cancel()
+        await listeners[0].aclose()
+    failures = [status for status in statuses if status != Status.S_OK]
+    assert failures and failures[0] == Status.DISK_FULL
+    assert failures[1:] == [Status.E_FAIL] * (len(failures) - 1)
+    assert statuses[-1] != Status.S_OK
+    assert not sink.open_copies and sink.files == {}
 
 
 # --- the emulated channel's files ------------------------------------------------------

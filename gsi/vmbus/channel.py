@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 from collections.abc import Callable
 from typing import Final, NoReturn, Protocol
 
@@ -200,6 +201,21 @@ class RingChannel:
             self._fail(f"corrupt RX ring: {exc}")
         return packets
 
+    def poll_rx(self, seconds: float) -> bool:
+        """Read the RX ring's indices for up to ``seconds`` without sleeping (interrupts
+        stay masked: a host that sees them masked does not signal); True once a packet
+        is there."""
+        rx = self.rings.rx
+        deadline = time.perf_counter() + seconds
+        try:
+            while True:
+                if rx.bytes_available_to_read():
+                    return True
+                if time.perf_counter() >= deadline:
+                    return False
+        except RingError as exc:
+            self._fail(f"corrupt RX ring: {exc}")
+
     def ready_to_sleep(self) -> bool:
         """Unmask RX interrupts, then look again: True if the RX ring is still empty."""
         rx = self.rings.rx
@@ -247,14 +263,19 @@ class RingChannel:
     async def write(self, payload: bytes, *, trans_id: int | None = None, flags: int = 0,
                     packet_type: int = VM_PKT_DATA_INBAND) -> None:
         """Write one packet (see :meth:`try_write`), waiting for room while the ring is
-        full."""
+        full. Not a checkpoint when the packet fits at once (the stream's methods are)."""
+        tx = self.rings.tx
+        total = packet_ring_bytes(len(payload))
+        if total - TRAILER_SIZE > MAX_PACKET_SIZE or total >= tx.data_size:
+            raise TransportError(
+                f"{self.name}: a {len(payload)}-byte message can never fit a ring of "
+                f"{tx.ring_size:#x} bytes (use a smaller fragment or a larger ring)")
+        if not self._tx_lock.locked():  # no writer waiting for room: try at once
+            self.check_usable()
+            if self.try_write(payload, trans_id=trans_id, flags=flags,
+                              packet_type=packet_type):
+                return
         async with self._tx_lock:
-            tx = self.rings.tx
-            total = packet_ring_bytes(len(payload))
-            if total - TRAILER_SIZE > MAX_PACKET_SIZE or total >= tx.data_size:
-                raise TransportError(
-                    f"{self.name}: a {len(payload)}-byte message can never fit a ring of "
-                    f"{tx.ring_size:#x} bytes (use a smaller fragment or a larger ring)")
             while True:
                 self.check_usable()
                 if self.try_write(payload, trans_id=trans_id, flags=flags,

@@ -104,6 +104,7 @@ class RingStream(trio.abc.HalfCloseableStream):
         self._eof_sent = False
         self._receiving = False
         self._sending = False
+        self._busy_poll = 0.0
 
     @property
     def closed(self) -> bool:
@@ -114,10 +115,13 @@ class RingStream(trio.abc.HalfCloseableStream):
         """One message per receive and one answer per send (the guest end)."""
         return self.channel.guest
 
-    def attach(self, core: GuestConnection) -> None:
+    def attach(self, core: GuestConnection, *, busy_poll: float = 0.0) -> None:
         """The session's core (guest end): it resumes the channel's negotiation now, and
-        when this stream closes its accepted NEGOTIATE is kept for the next session."""
+        when this stream closes its accepted NEGOTIATE is kept for the next session.
+        ``busy_poll``: seconds to keep reading the RX ring's write index, interrupts
+        still masked, before sleeping when the ring is empty (0: sleep at once)."""
         self._core = core
+        self._busy_poll = busy_poll
         last = self.channel.last_negotiate
         if last is not None and core.resume(last):
             log.info("%s: a new session on the channel resumes the host's NEGOTIATE",
@@ -134,8 +138,11 @@ class RingStream(trio.abc.HalfCloseableStream):
         if self._receiving:
             raise trio.BusyResourceError("another task is already receiving")
         self._receiving = True
+        # One schedule point per receive, not two: the wait for an interrupt is one when
+        # the ring is empty (the usual case in stop-and-wait), else one at the end.
+        await trio.lowlevel.checkpoint_if_cancelled()
+        waited = False
         try:
-            await trio.lowlevel.checkpoint()
             self._unanswered = None  # the last message had no answer (too short)
             while not (self._ready if self.channel.guest else self._inbuf):
                 self._check_open()
@@ -145,8 +152,13 @@ class RingStream(trio.abc.HalfCloseableStream):
                     self.channel.flush_signal()
                 else:
                     self.channel.flush_signal()  # before sleeping: answers written
+                    if self._busy_poll and self.channel.poll_rx(self._busy_poll):
+                        continue
                     if self.channel.ready_to_sleep():
+                        waited = True
                         await self.channel.wait()
+            if not waited:
+                await trio.lowlevel.cancel_shielded_checkpoint()
         finally:
             self._receiving = False
         if self.channel.guest:
