@@ -175,12 +175,15 @@ class OpenCopy:
         gathered: the run goes to the file before this returns, with ``pwritev`` straight
         from the caller's buffers (no copy).
         """
-        views = [memoryview(data).cast("B") for data in buffers]
-        size = sum(len(view) for view in views)
+        size = sum(map(len, buffers))  # byte buffers: len() is the size in bytes
         fd = self._check_write(offset, size)
         try:
             self._flush(fd)  # gathered data first: the result is as if written in order
-            self._pwritev_all(fd, views, offset)
+            if len(buffers) > _IOV_MAX or os.pwritev(fd, buffers, offset) != size:
+                # Not all in one call (the usual case, with nothing to look at per
+                # buffer): again from the start, resuming partial writes. Positional
+                # writes of the same bytes: what the first call wrote is rewritten as is.
+                self._pwritev_all(fd, [memoryview(b).cast("B") for b in buffers], offset)
         except OSError as exc:
             self.abort()
             raise sink_error_from(exc, f"writing {self.target}") from None

@@ -52,7 +52,8 @@ class SinkCopy(Protocol):
         ...
 
     def writev(self, offset: int, buffers: Sequence[Buffer]) -> None:
-        """Put the concatenation of ``buffers`` at ``offset`` (one contiguous run).
+        """Put the concatenation of ``buffers`` at ``offset`` (one contiguous run). Byte
+        buffers: each one's ``len()`` is its size in bytes (memoryviews of format "B").
 
         Raises:
             SinkError: the copy is aborted first.

@@ -143,3 +143,14 @@ def test_faults_and_fsync_records() -> None:
                                             "commit"]
     with pytest.raises(ValueError, match="unknown sink operations"):
         MemorySink(fail={"fsync": SinkError(Status.E_FAIL, "x")})
+
+
+def test_writev_with_more_buffers_than_one_call_takes(world: World) -> None:
+    """More buffers than IOV_MAX (1024), of uneven sizes: all of them, in order."""
+    pieces = [bytes([i % 251]) * (1 + i % 7) for i in range(2500)]
+    data = b"".join(pieces)
+    copy = world.sink.begin("/", "many", CP, len(data))
+    copy.writev(0, [memoryview(piece) if i % 2 else piece for i, piece in enumerate(pieces)])
+    assert copy.bytes_written == len(data)
+    copy.commit()
+    assert world.read("/many") == data
