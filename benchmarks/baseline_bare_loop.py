@@ -25,6 +25,7 @@ parsing, validation, events and files in a stop-and-wait (or windowed) exchange.
 from __future__ import annotations
 
 import argparse
+import signal
 import struct
 import sys
 
@@ -76,6 +77,8 @@ async def serve_connection(stream: trio.abc.Stream, trim: bool) -> None:
 
 
 async def run(url: str, trim: bool) -> None:
+    """Serve until SIGTERM, then close the listeners (a vmbus-emu:// one removes its
+    ring files)."""
     listeners = await open_listeners(url)
     print(f"listening on {listener_url(listeners[0])}", flush=True)
 
@@ -85,9 +88,17 @@ async def run(url: str, trim: bool) -> None:
             stream = await listener.accept()
             nursery.start_soon(serve_connection, stream, trim)
 
-    async with trio.open_nursery() as nursery:
+    try:
+        with trio.open_signal_receiver(signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                for listener in listeners:
+                    nursery.start_soon(accept, listener, nursery)
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+                    break
+    finally:
         for listener in listeners:
-            nursery.start_soon(accept, listener, nursery)
+            await trio.aclose_forcefully(listener)
 
 
 def main(argv: list[str] | None = None) -> int:
