@@ -41,10 +41,9 @@ def per_write(case: Case, who: str) -> float:
     for a JSON written before the per-WRITE figures were."""
     if f"{who}_cpu_us_per_write" in case:
         return float(case[f"{who}_cpu_us_per_write"])
-    per_file = writes_per_file(case["size"], case["fragment"])
-    one_run = case["size"] * case["files"] * case["connections"]
-    seconds_per_run = float(case[f"{who}_cpu_s_per_gib"]) * one_run / (1 << 30)
-    return seconds_per_run * 1e6 / max(1, per_file * case["files"] * case["connections"])
+    size, files = int(case["size"]), int(case["files"]) * int(case["connections"])
+    seconds_per_run = float(case[f"{who}_cpu_s_per_gib"]) * size * files / (1 << 30)
+    return seconds_per_run * 1e6 / max(1, writes_per_file(size, int(case["fragment"])) * files)
 
 
 def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
@@ -105,9 +104,9 @@ def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
     cpu_rows("host simulator CPU per 6144-byte WRITE, window 64", w64, "host", 3)
     rss = _find(doc, kind="rss")
     rss_note = ""
-    if not rss:
-        rss = [c for c in doc["cases"] if c["kind"] != "files"]
-        rss_note = "no 4 GiB case in --quick: peak of the cases run"
+    if not rss and _find(doc, kind="copy"):
+        rss = [max(_find(doc, kind="copy"), key=lambda c: float(c["receiver_peak_rss_mib"]))]
+        rss_note = "no 4 GiB case in --quick: the highest peak of the one-copy cases"
     for case in rss:
         peak = case["receiver_peak_rss_mib"]
         rows.append(_row("receiver peak RSS receiving 4 GiB, any window", case, peak, None,

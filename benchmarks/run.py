@@ -334,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.reps:
         cases = [Case(**{**asdict(c), "reps": args.reps}) for c in cases]
     started = time.time()
+    host = machine()  # before the cases: its load average is the one at the start
     command = "python -m benchmarks.run" + (" --quick" if args.quick else "") + (
         " --same-cpu" if args.same_cpu else "") + (" --no-pin" if args.no_pin else "")
     results: list[dict[str, Any]] = []
@@ -353,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"  [{time.perf_counter() - t0:.0f}s]", flush=True)
     doc: dict[str, Any] = {"mode": mode, "command": command, "started": time.strftime(
         "%Y-%m-%dT%H:%M:%S%z", time.localtime(started)), "seconds": time.time() - started,
-        "machine": machine(), "cases": results}
+        "machine": host, "cases": results}
     doc["targets"] = report.targets(doc)
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(started))
