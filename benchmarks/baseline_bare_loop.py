@@ -10,6 +10,12 @@ WRITE (icmsgtype 7, operation 1) trimmed to its first 80 bytes as ``gsi-receiver
 --trim-write-echo`` does. The one NEGOTIATE of a connection (icmsgtype 0) gets the
 version choice written in (counts 1/1, framework 3.0, message 1.1) so the host proceeds.
 
+On a packet pipe (the guest end of a ``vmbus-emu://`` channel, whose stream has
+``packet_pipe`` set) each receive is one whole packet payload, padding included: the
+message is cut to its pipe header's ``8 + msgsize`` and the rest of the packet dropped,
+and the answer goes out as one packet, as ``gsi-receiver`` does on the ring. The ring
+always echoes whole: ``--trim-write-echo`` does not apply there.
+
 Run against ``host-sim``/the benchmark driver, it isolates what the receiver spends on
 parsing, validation, events and files in a stop-and-wait (or windowed) exchange.
 
@@ -19,6 +25,7 @@ parsing, validation, events and files in a stop-and-wait (or windowed) exchange.
 from __future__ import annotations
 
 import argparse
+import signal
 import struct
 import sys
 
@@ -36,8 +43,12 @@ TRIMMED = 80
 
 async def serve_connection(stream: trio.abc.Stream, trim: bool) -> None:
     buf = bytearray()
+    packets = getattr(stream, "packet_pipe", False)
     async with stream:
         while data := await stream.receive_some(RECEIVE_SIZE):
+            if packets:  # one message per packet: its padding is not the next message
+                data = data[:8 + PIPE.unpack_from(data)[1]] if len(data) >= 8 else b""
+                trim = False
             buf += data
             out = bytearray()
             pos, end = 0, len(buf)
@@ -66,6 +77,8 @@ async def serve_connection(stream: trio.abc.Stream, trim: bool) -> None:
 
 
 async def run(url: str, trim: bool) -> None:
+    """Serve until SIGTERM, then close the listeners (a vmbus-emu:// one removes its
+    ring files)."""
     listeners = await open_listeners(url)
     print(f"listening on {listener_url(listeners[0])}", flush=True)
 
@@ -75,9 +88,17 @@ async def run(url: str, trim: bool) -> None:
             stream = await listener.accept()
             nursery.start_soon(serve_connection, stream, trim)
 
-    async with trio.open_nursery() as nursery:
+    try:
+        with trio.open_signal_receiver(signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                for listener in listeners:
+                    nursery.start_soon(accept, listener, nursery)
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+                    break
+    finally:
         for listener in listeners:
-            nursery.start_soon(accept, listener, nursery)
+            await trio.aclose_forcefully(listener)
 
 
 def main(argv: list[str] | None = None) -> int:

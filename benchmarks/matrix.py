@@ -3,12 +3,14 @@
 A case is one configuration of the receiver under test and the host driver. Every case
 of kind ``copy`` is measured next to three baselines run in the same repetitions
 (interleaved: raw copy, per-fragment write, bare loop, then the case): the same file,
-the same transport, the same window and fragment size.
+the same transport, the same window and fragment size. On ``vmbus-emu`` (an emulated
+vmbus channel, stop-and-wait, full echo, as stock ``Copy-VMFile`` runs) only the bare
+loop can run: there is no socket to copy raw bytes over.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -20,6 +22,7 @@ class Case:
     """One measured configuration.
 
     Attributes:
+        transport: ``unix``, ``tcp`` or ``vmbus-emu``.
         kind: ``copy`` (one file), ``conns`` (``connections`` channels at once, each
             copying a ``size`` file), ``files`` (``files`` small files of ``size`` bytes
             on one channel, reported in files/s) or ``rss`` (one big file, memory check).
@@ -44,7 +47,14 @@ class Case:
         return self.size * self.connections * self.files
 
     @property
+    def writes(self) -> int:
+        """WRITE_TO_FILE requests one run of the case sends (all files, all connections)."""
+        return writes_per_file(self.size, self.fragment) * self.files * self.connections
+
+    @property
     def baselines(self) -> tuple[str, ...]:
+        if self.transport == "vmbus-emu":
+            return ("bare",)
         if self.kind == "copy" and self.window == 64 and self.fragment == STOCK:
             return ("raw", "pwrite", "sink", "bare")
         if self.kind == "copy":
@@ -67,6 +77,16 @@ class Case:
         return " ".join(parts)
 
 
+def writes_per_file(size: int, fragment: int) -> int:
+    """WRITEs that copy one file of ``size`` bytes in ``fragment``-byte pieces, as
+    ``host_sim`` sends them: ceil(size / fragment) (none for an empty file)."""
+    return -(-size // fragment)
+
+
+VMBUS = Case(kind="copy", transport="vmbus-emu", size=32 * MiB, window=1, echo="full")
+"""Stop-and-wait over the emulated vmbus ring, the channel stock Copy-VMFile uses."""
+
+
 def _size(n: int) -> str:
     for unit, scale in (("G", GiB), ("M", MiB), ("K", 1024)):
         if n >= scale and n % scale == 0:
@@ -79,6 +99,8 @@ def quick() -> list[Case]:
         Case(kind="copy", transport="unix", size=64 * MiB, window=1, echo="full", reps=2),
         Case(kind="copy", transport="unix", size=64 * MiB, window=64, echo="full"),
         Case(kind="copy", transport="tcp", size=64 * MiB, window=1, echo="full", reps=2),
+        Case(kind="copy", transport="tcp", size=64 * MiB, window=64, echo="full"),
+        Case(**{**asdict(VMBUS), "reps": 2}),
     ]
     for window, fragment in ((64, STOCK), (8, 64 * 1024), (8, MiB)):
         cases.append(Case(kind="copy", transport="unix", size=64 * MiB, window=window,
@@ -111,6 +133,7 @@ def full() -> list[Case]:
                               fragment=fragment, reps=2))
     cases.append(Case(kind="copy", transport="unix", size=GiB, window=64, echo="full",
                       reps=2))
+    cases.append(Case(**{**asdict(VMBUS), "size": 64 * MiB}))
     for size, reps in ((64 * MiB, 3), (GiB, 2)):
         for window, fragment in ((64, STOCK), (8, MiB)):
             cases.append(Case(kind="copy", transport="unix", size=size, window=window,

@@ -1,5 +1,7 @@
-"""Processes of a benchmark run: servers that announce their URL, timed host runs, and
-what ``/proc`` says about a server (CPU seconds, peak RSS)."""
+"""Processes of a benchmark run: servers that announce their URL, timed host runs, what
+``/proc`` says about a server (CPU seconds, peak RSS), and the two measuring traps of
+these machines handled in one place: where the processes run (``PIN``, ``set_pinning``)
+and the page-cache state before a timed write (``scratch``)."""
 
 from __future__ import annotations
 
@@ -19,16 +21,54 @@ PYTHON = sys.executable
 REPO = Path(__file__).resolve().parent.parent
 _TICKS = os.sysconf("SC_CLK_TCK")
 _CPUS = sorted(os.sched_getaffinity(0))
-PIN = {"server": _CPUS[-1:], "client": _CPUS[:1]} if len(_CPUS) >= 2 else None
+PIN: dict[str, list[int]] | None = (
+    {"server": _CPUS[-1:], "client": _CPUS[:1]} if len(_CPUS) >= 2 else None)
 """Servers run on the last CPU, clients on the first (one core each, as on two machines'
 worth of a 2-core box): stop-and-wait latency then does not depend on where the scheduler
-happens to put the two processes. ``set_pinning(False)`` turns it off."""
+happens to put the two processes (a round trip across two CPUs costs several times one on
+a single CPU). ``set_pinning`` changes it."""
 
 
-def set_pinning(enabled: bool) -> None:
+def set_pinning(enabled: bool = True, *, same_cpu: bool = False) -> None:
+    """Servers and clients on separate CPUs (the default), all on the first CPU
+    (``same_cpu``), or wherever the scheduler puts them (``enabled=False``)."""
     global PIN
-    PIN = ({"server": _CPUS[-1:], "client": _CPUS[:1]}
-           if enabled and len(_CPUS) >= 2 else None)
+    if not enabled:
+        PIN = None
+    elif same_cpu:
+        PIN = {"server": _CPUS[:1], "client": _CPUS[:1]}
+    else:
+        PIN = {"server": _CPUS[-1:], "client": _CPUS[:1]} if len(_CPUS) >= 2 else None
+
+
+def placement(pin: dict[str, list[int]] | None) -> str:
+    """A pinning (``PIN``) in words, for the reports."""
+    if pin is None:
+        return "not pinned (the scheduler places servers and clients)"
+    if pin["server"] == pin["client"]:
+        return f"servers and clients all pinned to CPU {_cpus(pin['server'])}"
+    return (f"servers (receivers, answerers) pinned to CPU {_cpus(pin['server'])}, clients "
+            f"(host driver, baseline senders) to CPU {_cpus(pin['client'])}")
+
+
+def _cpus(cpus: list[int]) -> str:
+    return ",".join(str(c) for c in cpus)
+
+
+def scratch(directory: Path, size: int) -> None:
+    """Write ``size`` bytes to a scratch file in ``directory`` and delete it.
+
+    The page-cache trap: a file written right after another was deleted runs several
+    times faster than one written after none (freed pages are at hand), so every timed
+    run that writes a file, receiver and baseline alike, gets this first, outside its
+    timed span, in the directory it writes into."""
+    path = directory / ".scratch"
+    block = memoryview(bytes(min(size, 1 << 20)))
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            left -= f.write(block[:left])
+    path.unlink()
 
 
 def _pin(role: str) -> Callable[[], None] | None:

@@ -13,9 +13,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .matrix import STOCK, MiB, writes_per_file
+from .procs import placement
+
 Case = dict[str, Any]
-MiB = 1 << 20
-STOCK = 6144
+SOCKETS = ("unix", "tcp")
 
 
 def _find(doc: dict[str, Any], **want: Any) -> list[Case]:
@@ -34,61 +36,81 @@ def _vs(case: Case, name: str) -> tuple[float, float]:
     return base["median"], base["ratio"]
 
 
-def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
+def per_write(case: Case, who: str) -> float:
+    """``who`` (``receiver``, ``host``) CPU us per WRITE; derived from the CPU s per GiB
+    for a JSON written before the per-WRITE figures were."""
+    if f"{who}_cpu_us_per_write" in case:
+        return float(case[f"{who}_cpu_us_per_write"])
+    size, files = int(case["size"]), int(case["files"]) * int(case["connections"])
+    seconds_per_run = float(case[f"{who}_cpu_s_per_gib"]) * size * files / (1 << 30)
+    return seconds_per_run * 1e6 / max(1, writes_per_file(size, int(case["fragment"])) * files)
 
-    def ratio_rows(target: str, cases: list[Case], baseline: str, minimum: float,
+
+def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue-14 targets measured by this suite, one row per case that measures one."""
+    rows: list[dict[str, Any]] = []
+    pin = doc["machine"].get("pinning")
+    split = pin is not None and pin["server"] != pin["client"]
+    saw_note = "" if split else f"wants different CPUs; {placement(pin)}"
+
+    def ratio_rows(target: str, cases: list[Case], baseline: str, minimum: float | None,
                    note: str = "") -> None:
         for case in cases:
             base, ratio = _vs(case, baseline)
-            rows.append(_row(target, case, case["median"], base, ratio, f">= {minimum}x",
-                             ratio >= minimum, note))
+            rows.append(_row(target, case, case["median"], base, ratio,
+                             f">= {minimum}x" if minimum else "report",
+                             ratio >= minimum if minimum else None, note))
         if not cases:
-            rows.append(_row(target, None, None, None, None, f">= {minimum}x", None,
+            rows.append(_row(target, None, None, None, None,
+                             f">= {minimum}x" if minimum else "report", None,
                              "not measured in this mode"))
 
-    ratio_rows("stop-and-wait, 6144 B, vs bare request/answer loop",
-               _find(doc, kind="copy", window=1, fragment=STOCK), "bare", 0.85)
-    big = _find(doc, kind="copy", window=64, fragment=STOCK, fsync=False, transport="unix",
-                size=1 << 30)
-    note = ""
-    if not big:
-        big = _find(doc, kind="copy", window=64, fragment=STOCK, fsync=False,
-                    transport="unix")
-        note = "64 MiB stands in for 1 GiB in --quick"
-    ratio_rows("window 64, 6144 B, fsync off, 1 GiB, unix, vs raw copy", big, "raw", 0.5, note)
+    def cpu_rows(target: str, cases: list[Case], who: str, limit: float,
+                 note: str = "") -> None:
+        for case in cases:
+            us = per_write(case, who)
+            rows.append(_row(target, case, us, None, None, f"<= {limit:g} us", us <= limit,
+                             note))
+        if not cases:
+            rows.append(_row(target, None, None, None, None, f"<= {limit:g} us", None,
+                             "not measured in this mode"))
+
+    w64 = [c for t in SOCKETS
+           for c in _find(doc, kind="copy", transport=t, window=64, fragment=STOCK, fsync=False)]
+    cpu_rows("receiver CPU per 6144-byte WRITE, window 64", w64, "receiver", 3)
+    saw = {t: _find(doc, kind="copy", transport=t, window=1, fragment=STOCK, fsync=False)
+           for t in SOCKETS}
+    cpu_rows("receiver CPU per stop-and-wait round trip, tcp", saw["tcp"], "receiver", 30,
+             saw_note)
+    cpu_rows("receiver CPU per stop-and-wait round trip, unix", saw["unix"], "receiver", 25,
+             saw_note)
+    ring = _find(doc, kind="copy", transport="vmbus-emu")
+    cpu_rows("receiver CPU per message, vmbus-emu (stop-and-wait, full echo)", ring,
+             "receiver", 15)
+    for transport, echo, minimum in (("tcp", "trim", 0.55), ("unix", "trim", 0.7),
+                                     ("tcp", "full", 0.5)):
+        ratio_rows(f"window 64, 6144 B, {'trimmed' if echo == 'trim' else 'full (stock)'} "
+                   f"echo, {transport}, vs raw copy",
+                   [c for c in w64 if c["transport"] == transport and c["echo"] == echo],
+                   "raw", minimum)
+    ratio_rows("stop-and-wait, 6144 B, vs bare answer loop", saw["unix"] + saw["tcp"], "bare",
+               0.9, saw_note)
+    if ring:
+        ratio_rows("stop-and-wait over vmbus-emu vs the bare answer loop on the ring", ring,
+                   "bare", None, "no target: the ring's own cost")
     ratio_rows("window 8, 1 MiB, fsync off, vs raw copy",
-               _find(doc, kind="copy", window=8, fragment=MiB, fsync=False), "raw", 0.8)
-    ratio_rows("window 64, 6144 B, vs per-fragment pwrite (faster)",
-               _find(doc, kind="copy", window=64, fragment=STOCK), "pwrite", 1.0)
-    for case in doc["cases"]:
-        sink = case["baselines"].get("sink")
-        if sink is not None:
-            pw = case["baselines"]["pwrite"]["median"]
-            rows.append(_row("write path alone: gsi FileSink (coalesced) vs per-fragment "
-                             "pwrite, 6144 B, no network", case, sink["median"], pw,
-                             sink["vs_pwrite"], "> 1.0x", sink["vs_pwrite"] > 1.0))
+               [c for t in SOCKETS for c in _find(doc, kind="copy", transport=t, window=8,
+                                                  fragment=MiB, fsync=False)], "raw", 0.8)
+    cpu_rows("host simulator CPU per 6144-byte WRITE, window 64", w64, "host", 3)
     rss = _find(doc, kind="rss")
     rss_note = ""
-    if not rss:
-        rss = [c for c in doc["cases"] if c["kind"] != "files"]
-        rss_note = "no 4 GiB case in --quick: peak of the cases run"
+    if not rss and _find(doc, kind="copy"):
+        rss = [max(_find(doc, kind="copy"), key=lambda c: float(c["receiver_peak_rss_mib"]))]
+        rss_note = "no 4 GiB case in --quick: the highest peak of the one-copy cases"
     for case in rss:
         peak = case["receiver_peak_rss_mib"]
         rows.append(_row("receiver peak RSS receiving 4 GiB, any window", case, peak, None,
                          None, "< 64 MiB", peak < 64, rss_note))
-    for conns in _find(doc, kind="conns", connections=64):
-        single = _find(doc, kind="conns", connections=1, window=conns["window"],
-                       transport=conns["transport"], fragment=conns["fragment"])
-        if single:
-            ratio = conns["median"] / single[0]["median"]
-            rows.append(_row("64 connections, aggregate vs 1 connection, same window", conns,
-                             conns["median"], single[0]["median"], ratio, ">= 0.7x",
-                             ratio >= 0.7))
-    for case in _find(doc, kind="files"):
-        base, ratio = _vs(case, "bare")
-        rows.append(_row("small files (files/s)", case, case["median"], base, ratio,
-                         "report", None, "baseline: bare loop, same files"))
     return rows
 
 
@@ -121,22 +143,36 @@ def markdown(doc: dict[str, Any]) -> str:
            f"`{doc['command']}` on {doc['started']}, {doc['seconds']:.0f} s. "
            f"{m['cpu']}, {m['cpus']} CPUs, {m['mem_gib']} GiB, {m['platform']}, "
            f"Python {m['python']}, trio {m['versions']['trio']}, commit "
-           f"{m['git_commit'][:10]}.", "",
+           f"{m['git_commit'][:10]}. Placement: {placement(m.get('pinning'))}; load "
+           f"average {m['loadavg_start'][0]:.2f} at the start.", "",
            "MB/s = 10^6 bytes/s (files/s for small files), median of the runs (min-max); "
            "each baseline ran in the same repetitions (right before the case), same "
-           "transport, same bytes; ratio = median over the repetitions of case / baseline. "
-           "rx = the receiver process (CPU s per GiB received, peak RSS); host CPU = the "
-           "host driver process over the timed span.",
-           "", "## Targets", "", targets_markdown(doc["targets"]), "## All cases", "",
+           "transport, same bytes; ratio = median over the repetitions of case / baseline."
+           + (" Before every timed run that writes a file (case, raw copy, pwrite, "
+              "FileSink) a scratch file of its size was written and deleted where it writes."
+              if all("writes_per_run" in c for c in doc["cases"]) else
+              " This run predates the scratch file before each timed run and the per-WRITE "
+              "figures: they are derived from its CPU seconds per GiB.")
+           + " rx = the receiver process's CPU (utime + stime from /proc) per WRITE the case "
+           "sends (ceil(size / fragment) per file, times files and connections; on "
+           "vmbus-emu one WRITE is one ring message), peak RSS; host = the host driver's "
+           "CPU over the timed span per WRITE; bare rx = the bare answer loop's CPU per "
+           "WRITE of the same copy.",
+           "", "## Targets", "", targets_markdown(doc["targets"]),
+           "Measured elsewhere: the `--busy-poll` targets (`python -m benchmarks.rx_cpu`) and "
+           "the memory of 256 open copies (`python -m benchmarks.open_copies_rss`).", "",
+           "## All cases", "",
            "| case | median | min-max | raw copy | ratio | pwrite 6144 | ratio | bare loop | "
-           "ratio | rx CPU s/GiB | host CPU s/GiB | rx peak RSS MiB |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "ratio | rx us/WRITE | host us/WRITE | bare rx us/WRITE | rx peak RSS MiB |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     sinks: list[str] = []
     for c in doc["cases"]:
+        bare = c["baselines"].get("bare", {}).get("cpu_us_per_write")
         out.append(f"| {c['label']} | {c['median']:.1f} {c['unit']} | {c['min']:.1f}-"
                    f"{c['max']:.1f} | {_cell(c, 'raw')} | {_cell(c, 'pwrite')} | "
-                   f"{_cell(c, 'bare')} | {c['receiver_cpu_s_per_gib']:.2f} | "
-                   f"{c['host_cpu_s_per_gib']:.2f} | {c['receiver_peak_rss_mib']:.1f} |")
+                   f"{_cell(c, 'bare')} | {per_write(c, 'receiver'):.1f} | "
+                   f"{per_write(c, 'host'):.1f} | {_fmt(bare)} | "
+                   f"{c['receiver_peak_rss_mib']:.1f} |")
         if "sink" in c["baselines"]:
             sink = c["baselines"]["sink"]
             sinks.append(f"| {c['label']} | {sink['median']:.1f} | "
@@ -159,13 +195,13 @@ def chart(doc: dict[str, Any], path: Path) -> bool:
     except ImportError:
         print("matplotlib missing (pip install -e '.[bench]'): no chart", file=sys.stderr)
         return False
-    transports = [t for t in ("unix", "tcp")
-                  if _find(doc, kind="copy", transport=t, fsync=False)]
+    transports = [t for t in SOCKETS if _find(doc, kind="copy", transport=t, fsync=False)]
     if not transports:
         return False
     fig, axes = plt.subplots(1, len(transports), figsize=(6.5 * len(transports), 4.8),
                              squeeze=False, sharey=True)
-    size = min(c["size"] for c in _find(doc, kind="copy", fsync=False))
+    size = min(c["size"] for t in transports
+               for c in _find(doc, kind="copy", transport=t, fsync=False))
     for ax, transport in zip(axes[0], transports, strict=True):
         def pick(fragment: int, echo: str, transport: str = transport) -> list[Case]:
             found = _find(doc, kind="copy", transport=transport, fsync=False, size=size,

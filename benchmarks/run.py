@@ -3,8 +3,10 @@
 Starts, for each case, the receiver under test (``python -m gsi.cli``) and the baseline
 servers as separate processes over a real transport, runs the host driver and the
 baseline clients as separate processes, repetition by repetition (baselines interleaved
-with the case), checks every received file against the source's SHA-256 after each run
-(outside the timed span) and removes it. Writes ``results/<mode>-<stamp>.json`` and
+with the case), each run that writes a file right after writing and deleting a scratch
+file of its size where it writes (``procs.scratch``), checks every received file against
+the source's SHA-256 after each run (outside the timed span) and removes it. Receiver and
+host CPU are reported per WRITE. Writes ``results/<mode>-<stamp>.json`` and
 ``results/latest-<mode>.{json,md,png}``; see ``benchmarks/README.md``.
 """
 
@@ -115,6 +117,8 @@ def _raw_buffer(case: Case) -> int:
 def _url(case: Case, ws: Workspace, role: str, index: int) -> str:
     if case.transport == "unix":
         return f"unix://{ws.dir}/{index}-{role}.sock"
+    if case.transport == "vmbus-emu":  # the listener creates the ring and FIFO files
+        return f"vmbus-emu://{ws.dir}/{index}-{role}.ring"
     return "tcp://127.0.0.1:0"
 
 
@@ -175,23 +179,24 @@ def _measure(case: Case, ws: Workspace, servers: dict[str, Server], root: Path,
 
     runs: dict[str, list[float]] = {name: [] for name in ("case", *case.baselines)}
     cpu: dict[str, float] = {name: 0.0 for name in runs}
-    host_cpu = 0.0
+    client_cpu: dict[str, float] = {name: 0.0 for name in runs}
     raw_count = 0
 
-    def timed(name: str, argv: list[str], check: Callable[[], None]) -> float:
-        """Run one client; its server's CPU is added up; returns the client's CPU (the host
-        driver's own figure for the timed span where it gives one)."""
+    def timed(name: str, argv: list[str], check: Callable[[], None],
+              writes_into: Path | None = None, size: int = 0) -> None:
+        """Run one client (after a scratch file of ``size`` bytes was written and deleted
+        in ``writes_into``, where the run writes); its server's CPU and the client's own
+        (the host driver's figure for the timed span where it gives one) are added up."""
+        if writes_into is not None:
+            procs.scratch(writes_into, size)
         server = servers.get(name)
         before = server.cpu_seconds() if server else 0.0
         result, child_cpu = run_json(argv, ws.log(f"{tag}-{name}-client"))
         child_cpu = float(result.get("cpu_seconds", child_cpu))  # the timed span only
-        if server:
-            cpu[name] += server.cpu_seconds() - before
-        else:
-            cpu[name] += child_cpu
+        cpu[name] += server.cpu_seconds() - before if server else child_cpu
+        client_cpu[name] += child_cpu
         runs[name].append(value(result))
         check()
-        return child_cpu
 
     for _ in range(case.reps):
         if "raw" in case.baselines:
@@ -201,19 +206,16 @@ def _measure(case: Case, ws: Workspace, servers: dict[str, Server], root: Path,
             timed("raw", [PYTHON, str(HERE / "baseline_raw_copy.py"), "send", "--to",
                           servers["raw"].url, str(total_src),
                           "--buffer-size", str(_raw_buffer(case))],
-                  partial(ws.check, received, total_src))
-        if "pwrite" in case.baselines:
-            assert per_conn is not None
-            dest = ws.dir / "pwrite.bin"
-            timed("pwrite", [PYTHON, str(HERE / "baseline_pwrite.py"), str(per_conn), str(dest),
-                             "--fragment", str(STOCK)] + (["--fsync"] if case.fsync else []),
-                  partial(ws.check, dest, per_conn))
-        if "sink" in case.baselines:
-            assert per_conn is not None
-            dest = ws.dir / "sink.bin"
-            timed("sink", [PYTHON, str(HERE / "baseline_pwrite.py"), str(per_conn), str(dest),
-                           "--fragment", str(STOCK), "--via-sink"]
-                  + (["--fsync"] if case.fsync else []), partial(ws.check, dest, per_conn))
+                  partial(ws.check, received, total_src), rawdir, case.total_bytes)
+        for name in ("pwrite", "sink"):
+            if name in case.baselines:
+                assert per_conn is not None
+                dest = ws.dir / f"{name}.bin"
+                timed(name, [PYTHON, str(HERE / "baseline_pwrite.py"), str(per_conn),
+                             str(dest), "--fragment", str(STOCK)]
+                      + (["--via-sink"] if name == "sink" else [])
+                      + (["--fsync"] if case.fsync else []),
+                      partial(ws.check, dest, per_conn), ws.dir, case.size)
         if "bare" in case.baselines:
             timed("bare", [*driver, "--to", servers["bare"].url, *driver_tail], lambda: None)
 
@@ -227,22 +229,31 @@ def _measure(case: Case, ws: Workspace, servers: dict[str, Server], root: Path,
                     name = per_conn.name if case.connections == 1 else f"c{i}-{per_conn.name}"
                     ws.check(root / name, per_conn)
 
-        host_cpu += timed("case", [*driver, "--to", servers["case"].url, *driver_tail],
-                          check_case)
-    return _summary(case, servers, runs, cpu, host_cpu)
+        timed("case", [*driver, "--to", servers["case"].url, *driver_tail], check_case,
+              root, case.total_bytes)
+    return _summary(case, servers, runs, cpu, client_cpu)
+
+
+def per_write(case: Case, cpu_seconds: float) -> float:
+    """Microseconds of CPU per WRITE over all repetitions of ``case``."""
+    return cpu_seconds * 1e6 / max(1, case.writes * case.reps)
 
 
 def _summary(case: Case, servers: dict[str, Server], runs: dict[str, list[float]],
-             cpu: dict[str, float], host_cpu: float) -> dict[str, Any]:
+             cpu: dict[str, float], client_cpu: dict[str, float]) -> dict[str, Any]:
     gib_moved = case.total_bytes * case.reps / (1 << 30)
     out: dict[str, Any] = {"label": case.label, **asdict(case),
                            "unit": "files/s" if case.kind == "files" else "MB/s",
                            **_stats(runs["case"])}
+    out["writes_per_run"] = case.writes
+    out["receiver_cpu_us_per_write"] = per_write(case, cpu["case"])
+    out["host_cpu_us_per_write"] = per_write(case, client_cpu["case"])
     out["receiver_cpu_s_per_gib"] = cpu["case"] / gib_moved
     out["receiver_peak_rss_mib"] = servers["case"].peak_rss() / (1 << 20)
-    out["host_cpu_s_per_gib"] = host_cpu / gib_moved
+    out["host_cpu_s_per_gib"] = client_cpu["case"] / gib_moved
     if case.kind == "files":
         out["receiver_cpu_ms_per_file"] = cpu["case"] * 1000 / (case.files * case.reps)
+        out["host_cpu_ms_per_file"] = client_cpu["case"] * 1000 / (case.files * case.reps)
     baselines: dict[str, Any] = {}
     for name in case.baselines:
         stats = _stats(runs[name])
@@ -256,6 +267,10 @@ def _summary(case: Case, servers: dict[str, Server], runs: dict[str, list[float]
             stats["vs_pwrite"] = statistics.median(
                 a / b for a, b in zip(runs["sink"], runs["pwrite"], strict=True))
         stats["cpu_s_per_gib"] = cpu[name] / gib_moved
+        # per WRITE of the case: for raw copy and pwrite, per the same bytes
+        stats["cpu_us_per_write"] = per_write(case, cpu[name])
+        if name == "bare":  # the same host driver, against an answerer that does nothing
+            stats["host_cpu_us_per_write"] = per_write(case, client_cpu[name])
         baselines[name] = stats
     out["baselines"] = baselines
     out["verified"] = True
@@ -287,6 +302,7 @@ def machine() -> dict[str, Any]:
         "implementation": platform.python_implementation(),
         "versions": {d: version(d) for d in ("gsi", "trio", "construct", "matplotlib")},
         "git_commit": commit, "loadavg_start": os.getloadavg(), "pinning": procs.PIN,
+        "placement": procs.placement(procs.PIN),
     }
 
 
@@ -302,10 +318,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, help="override the repetitions of every case")
     p.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     p.add_argument("--tmp", type=Path, default=None, help="parent of the temp dir")
-    p.add_argument("--no-pin", action="store_true",
-                   help="do not pin servers and clients to separate CPUs")
+    pin = p.add_mutually_exclusive_group()
+    pin.add_argument("--no-pin", action="store_true",
+                     help="do not pin servers and clients to separate CPUs")
+    pin.add_argument("--same-cpu", action="store_true",
+                     help="pin servers and clients all to the first CPU")
     args = p.parse_args(argv)
-    procs.set_pinning(not args.no_pin)
+    procs.set_pinning(not args.no_pin, same_cpu=args.same_cpu)
     # SIGTERM unwinds like Ctrl-C: every server is stopped and the temp dir removed.
     signal.signal(signal.SIGTERM, _interrupt)
     mode = "quick" if args.quick else "full"
@@ -315,10 +334,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.reps:
         cases = [Case(**{**asdict(c), "reps": args.reps}) for c in cases]
     started = time.time()
-    command = "python -m benchmarks.run" + (" --quick" if args.quick else "")
+    host = machine()  # before the cases: its load average is the one at the start
+    command = "python -m benchmarks.run" + (" --quick" if args.quick else "") + (
+        " --same-cpu" if args.same_cpu else "") + (" --no-pin" if args.no_pin else "")
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="gsi-bench-", dir=args.tmp) as tmp:
-        ws = Workspace(Path(tmp))
+        ws = Workspace(Path(tmp).resolve())  # vmbus-emu:// wants an absolute path
         for index, case in enumerate(cases):
             t0 = time.perf_counter()
             result = run_case(case, index, ws)
@@ -327,11 +348,13 @@ def main(argv: list[str] | None = None) -> int:
                              for n, b in result["baselines"].items())
             print(f"[{index + 1}/{len(cases)}] {case.label}: {result['median']:.1f} "
                   f"{result['unit']} (min {result['min']:.1f} max {result['max']:.1f})  {base}"
+                  f"  rx {result['receiver_cpu_us_per_write']:.1f} us/WRITE"
+                  f"  host {result['host_cpu_us_per_write']:.1f} us/WRITE"
                   f"  rss {result['receiver_peak_rss_mib']:.1f} MiB"
                   f"  [{time.perf_counter() - t0:.0f}s]", flush=True)
     doc: dict[str, Any] = {"mode": mode, "command": command, "started": time.strftime(
         "%Y-%m-%dT%H:%M:%S%z", time.localtime(started)), "seconds": time.time() - started,
-        "machine": machine(), "cases": results}
+        "machine": host, "cases": results}
     doc["targets"] = report.targets(doc)
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(started))

@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 from benchmarks import procs
+from benchmarks.matrix import writes_per_file
 from gsi import codec
 from gsi.constants import CopyFlags
 from host_sim.protocol import Answer, HostConnection
@@ -92,7 +93,7 @@ class Client:
             transaction_id=0, offset=0, size=FRAGMENT, body_len=52 + FRAGMENT,
             icverframe=host.framework_version or (3, 0),
             icvermsg=host.message_version or (1, 1)))
-        count = (size + FRAGMENT - 1) // FRAGMENT
+        count = writes_per_file(size, FRAGMENT)
         assert size % FRAGMENT == 0, "the harness sends whole fragments"
         prefixes = [bytearray(prefix) for _ in range(window)]
         buf = bytearray(1 << 22)
@@ -131,15 +132,6 @@ class Client:
         self.sock.close()
 
 
-def _scratch(directory: Path, size: int) -> None:
-    path = directory / ".scratch"
-    with open(path, "wb") as f:
-        block = bytes(1 << 20)
-        for _ in range(size >> 20):
-            f.write(block)
-    path.unlink()
-
-
 def _start(name: str, argv: list[str], log: Path) -> procs.Server:
     return procs.Server(name, argv, log)
 
@@ -163,9 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-window", action="store_true")
     p.add_argument("--skip-saw", action="store_true")
     args = p.parse_args(argv)
-    cpus = sorted(os.sched_getaffinity(0))
-    if args.same_cpu:
-        procs.PIN = {"server": cpus[:1], "client": cpus[:1]}
+    procs.set_pinning(same_cpu=args.same_cpu)
     if procs.PIN is not None:
         os.sched_setaffinity(0, procs.PIN["client"])
     tmp = Path(tempfile.mkdtemp(prefix="rxcpu-"))
@@ -212,11 +202,11 @@ def main(argv: list[str] | None = None) -> int:
         bare_client = Client(bare.url, saw_data, args.trim)
         for rep in range(args.reps):
             if not args.skip_window:
-                _scratch(raw_out, size)
+                procs.scratch(raw_out, size)
                 raw_s = _raw_copy(raw.url, source)
                 for f in raw_out.iterdir():
                     f.unlink()
-                _scratch(root, size)
+                procs.scratch(root, size)
                 cpu0 = rx.cpu_seconds()
                 secs, count = client.copy(f"f{rep}", 64)
                 cpu = rx.cpu_seconds() - cpu0
@@ -233,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
                 bsecs, bcount = bare_client.copy("b", 1, bare=True)
                 result["saw_bare_cpu_us_per_rt"].append(
                     (bare.cpu_seconds() - cpu0) / bcount * 1e6)
-                _scratch(root, len(saw_data))
+                procs.scratch(root, len(saw_data))
                 cpu0 = rx.cpu_seconds()
                 secs, count = saw_client.copy(f"s{rep}", 1)
                 cpu = rx.cpu_seconds() - cpu0
