@@ -9,6 +9,7 @@ guest answered a COMPLETE with 0.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import sys
 from collections.abc import AsyncIterator
@@ -470,3 +471,30 @@ async def test_cli_fault_option(guest: Guest, tmp_path: Path) -> None:
     assert b"--fault" in bad.stderr and b"seconds" in bad.stderr
     await sessions_gone(guest)
     assert temp_files(guest.root) == []
+
+
+def _file_that_reads_short() -> Path:
+    """A sysfs attribute: ``stat`` says 4096 bytes, a read gives a few (a source that
+    shrinks between START and its WRITEs, without a race)."""
+    for name in ("/sys/kernel/mm/transparent_hugepage/enabled", "/sys/power/state",
+                 "/sys/kernel/uevent_seqnum", "/sys/kernel/profiling"):
+        path = Path(name)
+        with contextlib.suppress(OSError):
+            if path.is_file() and path.stat().st_size > len(path.read_bytes()):
+                return path
+    pytest.skip("no sysfs file that reads shorter than its size here")
+
+
+@pytest.mark.parametrize("fault", [[], ["--fault", "duplicate:at=0"]], ids=["clean", "fault"])
+async def test_a_source_that_reads_short_fails_cleanly(guest: Guest, fault: list[str]) -> None:
+    """The fault host reads the source as the clean copy does: a short read is an error
+    (no short WRITE sent), said in one line, and the guest drops the copy."""
+    source = _file_that_reads_short()
+    done = await _host_sim("--to", guest.url, "--no-progress", *fault, str(source), "/")
+    assert done.returncode == 1, done.stderr
+    assert b"host-sim: " in done.stderr and b"the source shrank while it was read" in done.stderr
+    assert b"Traceback" not in done.stderr
+    await sessions_gone(guest)
+    assert temp_files(guest.root) == []
+    assert not guest.path(f"/{source.name}").exists()
+    assert guest.stats.committed == 0
