@@ -82,6 +82,8 @@ from .sender import _Chunk, read_slots
 __all__ = ["FaultyHost", "faulty_copy"]
 
 WRITE0 = Point("write", 0)
+READ_BLOCK = 1 << 20
+"""Bytes of a file source read at a time."""
 
 
 @dataclass(slots=True)
@@ -407,13 +409,15 @@ class FaultyHost:
 
 
 class _Source:
-    """The bytes to copy: given, or read from a file at any offset, in a worker thread, as
-    the clean sender reads (``read_slots``: ``preadv``, or ``seek`` and ``readinto`` where
-    there is no ``preadv``, as on Windows)."""
+    """The bytes to copy: given, or read from a file as the clean sender reads it (in a
+    worker thread, with ``read_slots``: ``preadv``, or ``seek`` and ``readinto`` where
+    there is no ``preadv``, as on Windows), a block of up to READ_BLOCK bytes at a time:
+    the WRITEs go mostly in order, so most reads are served from the last block."""
 
     def __init__(self, source: bytes | str | os.PathLike[str]) -> None:
         self._data: bytes | None = None
         self._file: io.RawIOBase | None = None
+        self._block, self._block_at = b"", 0
         if isinstance(source, bytes):
             self._data, self.size = source, len(source)
         else:
@@ -421,9 +425,15 @@ class _Source:
             self.size = os.fstat(self._file.fileno()).st_size
 
     async def read(self, offset: int, length: int) -> bytes:
+        """``length`` bytes from ``offset`` (within the size)."""
         if self._data is not None:
             return self._data[offset:offset + length]
-        return await trio.to_thread.run_sync(self._read_file, offset, length)
+        start = offset - self._block_at
+        if start < 0 or start + length > len(self._block):
+            size = max(length, min(READ_BLOCK, self.size - offset))
+            self._block = await trio.to_thread.run_sync(self._read_file, offset, size)
+            self._block_at, start = offset, 0
+        return self._block[start:start + length]
 
     def _read_file(self, offset: int, length: int) -> bytes:
         """Raises CopyFailed if the file shrank, OSError if it cannot be read."""

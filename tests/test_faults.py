@@ -35,7 +35,7 @@ from host_sim.fault_plan import (
     Stall,
     parse_fault,
 )
-from host_sim.faults import FaultyHost, faulty_copy
+from host_sim.faults import READ_BLOCK, FaultyHost, faulty_copy
 
 IDLE = 0.5
 """The receivers' idle timeout in these tests, seconds."""
@@ -111,6 +111,23 @@ async def test_absorbed_faults_commit(guest: Guest, specs: list[str], window: in
     assert content(guest.path("/d/f")) == DATA
     assert all(a.status == OK for a in report.answers), report
     assert set(report.applied) == {parse_fault(s).spec() for s in specs}
+
+
+async def test_a_file_source_is_read_right_across_blocks(guest: Guest, tmp_path: Path) -> None:
+    """A file is read a block at a time; WRITEs out of order, overlapping or repeated
+    across the edges of blocks still carry the right bytes."""
+    data = random.Random(7).randbytes(2 * READ_BLOCK + 12345)
+    source = tmp_path / "big.bin"
+    source.write_bytes(data)
+    edge = READ_BLOCK // FRAG  # this WRITE straddles the end of the first block
+    specs = [f"reorder:at=write:{edge}", f"overlap:at=write:{edge + 1},bytes={2 * FRAG}",
+             f"duplicate:at=write:{2 * edge}", "reorder:at=write:0"]
+    with trio.fail_after(30):
+        report = await faulty_copy(guest.url, source, "/d", create_full_path=True, window=8,
+                                   plan=FaultPlan.parse(specs), fragment_size=FRAG)
+    assert report.outcome == "committed", report
+    assert set(report.applied) == {parse_fault(s).spec() for s in specs}
+    assert content(guest.path("/d/big.bin")) == data
 
 
 # -- faults the receiver refuses: the copy ends, the old file stays --------------------
