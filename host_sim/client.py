@@ -13,8 +13,8 @@ from __future__ import annotations
 import io
 import os
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +35,8 @@ from gsi.transports import connect
 from .protocol import MAX_WINDOW, Answer, HostConnection
 from .sender import DataSender, Progress
 
-__all__ = ["CopyResult", "HostClient", "Progress", "copy_vm_file", "explain_status", "open_host"]
+__all__ = ["CopyResult", "HostClient", "Progress", "connect_host", "copy_vm_file",
+           "explain_status", "open_host", "surface_errors"]
 
 RECEIVE_SIZE = 256 * 1024
 
@@ -78,13 +79,17 @@ class HostClient:
         stream: a connected transport stream (see :func:`gsi.transports.connect`).
         fragment_size: data bytes per WRITE (the real host: 6144).
         full_write_body: pad WRITE bodies to full length, as the real host does.
+        max_in_flight: requests the connection lets be in flight at once (None: no
+            limit; transaction ids then repeat).
     """
 
     def __init__(self, stream: trio.abc.Stream, *, fragment_size: int = DATA_FRAGMENT,
-                 full_write_body: bool = True) -> None:
+                 full_write_body: bool = True,
+                 max_in_flight: int | None = MAX_WINDOW) -> None:
         self.stream = stream
         self.conn = HostConnection(fragment_size=fragment_size,
-                                   full_write_body=full_write_body)
+                                   full_write_body=full_write_body,
+                                   max_in_flight=max_in_flight)
         self.fragment_size = fragment_size
         self.negotiated = False
         # On a socket, answers are received into one reused buffer (the connection
@@ -202,35 +207,56 @@ class HostClient:
                          progress: Progress | None) -> None:
         sender = DataSender(self.conn, send=self.send, receive=self.receive,
                             poll=self.poll_answer, check=self._check)
-        try:
+        with surface_errors():
             await sender.run(f, size, window, progress)
-        except BaseExceptionGroup as group:
-            # trio wraps a task's error in an ExceptionGroup; copy_file documents (and the
-            # CLI catches) CopyFailed / OSError themselves, so surface the first of them.
-            failed, _ = group.split((CopyFailed, OSError))
-            if failed is None:
-                raise
-            first: BaseException = failed
-            while isinstance(first, BaseExceptionGroup):
-                first = first.exceptions[0]
-            raise first from None
+
+
+@contextmanager
+def surface_errors() -> Iterator[None]:
+    """Raise the first CopyFailed or OSError of an ExceptionGroup as itself.
+
+    trio wraps a task's error in an ExceptionGroup; the copies document (and the CLI
+    catches) CopyFailed / OSError themselves.
+    """
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        failed, _ = group.split((CopyFailed, OSError))
+        if failed is None:
+            raise
+        first: BaseException = failed
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None
+
+
+async def connect_host(url: str, *, fragment_size: int = DATA_FRAGMENT,
+                       full_write_body: bool = True, native: bool | None = None,
+                       max_in_flight: int | None = MAX_WINDOW) -> HostClient:
+    """A channel to the guest at ``url``; the caller closes it.
+
+    Every connection host_sim opens to a guest goes through here (clean copies, trees,
+    the fault host and its idle connections), so the transport options apply to all.
+    ``native`` (hyperv:// only) forces trio's native stream (True) or the thread-backed
+    one (False); None probes the socket. See :func:`gsi.transports.connect`.
+    """
+    stream = await connect(url, native=native)
+    return HostClient(stream, fragment_size=fragment_size, full_write_body=full_write_body,
+                      max_in_flight=max_in_flight)
 
 
 @asynccontextmanager
 async def open_host(url: str, *, fragment_size: int = DATA_FRAGMENT,
                     full_write_body: bool = True,
                     native: bool | None = None) -> AsyncIterator[HostClient]:
-    """Connect to a guest at ``url`` and close the channel afterwards.
-
-    ``native`` (hyperv:// only) forces trio's native stream (True) or the thread-backed
-    one (False); None probes the socket. See :func:`gsi.transports.connect`.
-    """
-    stream = await connect(url, native=native)
-    client = HostClient(stream, fragment_size=fragment_size, full_write_body=full_write_body)
+    """Connect to a guest at ``url`` (:func:`connect_host`) and close the channel
+    afterwards."""
+    client = await connect_host(url, fragment_size=fragment_size,
+                                full_write_body=full_write_body, native=native)
     try:
         yield client
     finally:
-        await trio.aclose_forcefully(stream)
+        await trio.aclose_forcefully(client.stream)
 
 
 async def copy_vm_file(

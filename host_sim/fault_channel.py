@@ -18,8 +18,8 @@ import trio
 from gsi import codec
 from gsi.constants import ICMSG_HDR_END, IcMsgType, Operation, Status
 from gsi.errors import FramingError, GsiError
-from gsi.transports import connect
 
+from .client import HostClient, connect_host
 from .fault_plan import Fault, Idle, Point
 from .fault_report import AnswerRecord, FaultReport, IdleRecord
 from .protocol import HostConnection, Reply
@@ -46,11 +46,13 @@ class Ended(Exception):
 
 
 class Channel:
-    """One connection: its stream and the host protocol engine."""
+    """One connection (a :class:`~host_sim.client.HostClient`'s): its stream and the host
+    protocol engine."""
 
-    def __init__(self, stream: trio.abc.HalfCloseableStream, conn: HostConnection) -> None:
-        self.stream = stream
-        self.conn = conn
+    def __init__(self, client: HostClient) -> None:
+        assert isinstance(client.stream, trio.abc.HalfCloseableStream)  # connect's always are
+        self.stream: trio.abc.HalfCloseableStream = client.stream
+        self.conn: HostConnection = client.conn
         self.negotiated = False
         self.dead = False
         self.guest_closed = False
@@ -148,12 +150,12 @@ def pair(chan: Channel, run: CopyRun, reply: Reply) -> None:
                                     transaction_id=reply.transaction_id, echoed_operation=op))
 
 
-async def hold_idle(url: str, fault: Idle, run: CopyRun) -> None:
+async def hold_idle(url: str, native: bool | None, fault: Idle, run: CopyRun) -> None:
     """One idle connection: held until the guest closes it or ``fault.seconds`` pass."""
     started = trio.current_time()
     closed = False
     try:
-        stream = await connect(url)
+        stream = (await connect_host(url, native=native)).stream
     except GsiError:
         run.idle.append(IdleRecord(closed_by_guest=True, seconds=0.0))
         return

@@ -34,20 +34,23 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import os
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import trio
 
 from gsi import codec
+from gsi.codec import WRITE_DATA_OFFSET
 from gsi.constants import DATA_FRAGMENT, ICMSG_HDR_END, CopyFlags, IcMsgType, Operation
+from gsi.errors import CopyFailed
 from gsi.names import encode_name
-from gsi.transports import connect
 
+from .client import connect_host, surface_errors
 from .fault_channel import Channel, CopyRun, Ended, Sent, hold_idle, make_report, read_answers
 from .fault_plan import (
     BEFORE_KINDS,
@@ -73,11 +76,14 @@ from .fault_plan import (
     Truncate,
     resolve_value,
 )
-from .protocol import MAX_WINDOW, HostConnection
+from .protocol import MAX_WINDOW
+from .sender import _Chunk, read_slots
 
 __all__ = ["FaultyHost", "faulty_copy"]
 
 WRITE0 = Point("write", 0)
+READ_BLOCK = 1 << 20
+"""Bytes of a file source read at a time."""
 
 
 @dataclass(slots=True)
@@ -97,11 +103,14 @@ class FaultyHost:
         window: WRITEs in flight (1: stop-and-wait).
         answer_timeout: seconds to wait for an answer (or for the guest to close after
             garbage / a truncated message) before giving up on the copy and the channel.
+        native: hyperv:// only: trio's native stream (True), the thread-backed one
+            (False), or probe (None), as for :func:`host_sim.client.connect_host`, which
+            opens every connection (the channel and ``idle`` ones).
     """
 
     def __init__(self, url: str, *, fragment_size: int = DATA_FRAGMENT,
                  full_write_body: bool = True, window: int = 1,
-                 answer_timeout: float = 30.0) -> None:
+                 answer_timeout: float = 30.0, native: bool | None = None) -> None:
         if not 1 <= window <= MAX_WINDOW:
             raise ValueError(f"window must be between 1 and {MAX_WINDOW}, not {window}")
         if fragment_size < 1:
@@ -111,6 +120,7 @@ class FaultyHost:
         self.full_write_body = full_write_body
         self.window = window
         self.answer_timeout = answer_timeout
+        self.native = native
         self.copies = 0
         self._chan: Channel | None = None
 
@@ -138,7 +148,8 @@ class FaultyHost:
 
         Raises:
             InvalidNameError: a name does not fit the 260-unit UTF-16 field.
-            OSError: the source cannot be read; TransportError: no connection.
+            OSError: the source cannot be read; CopyFailed: it shrank while it was read
+                (both close the channel); TransportError: no connection.
         """
         plan = plan if isinstance(plan, FaultPlan) else FaultPlan(tuple(plan))
         index, self.copies = self.copies, self.copies + 1
@@ -158,17 +169,23 @@ class FaultyHost:
             started = time.perf_counter()
             run = CopyRun(faults, keep_going=any(isinstance(f, KeepGoing) for f in faults))
             if self._chan is None or self._chan.dead:
-                self._chan = Channel(await connect(self.url), HostConnection(
-                    fragment_size=self.fragment_size, full_write_body=self.full_write_body,
+                self._chan = Channel(await connect_host(
+                    self.url, fragment_size=self.fragment_size,
+                    full_write_body=self.full_write_body, native=self.native,
                     max_in_flight=None))  # noread sends more than 255: ids then repeat
             chan = self._chan
-            outcome = await self._run(chan, self._steps(chan, src.size, run), start,
-                                      src.read, run)
+            try:
+                with surface_errors():
+                    outcome = await self._run(chan, self._steps(chan, src.size, run), start,
+                                              src.read, run)
+            except (CopyFailed, OSError):
+                await chan.close()  # the copy cannot go on; the guest drops it on the close
+                raise
         return make_report(chan, run, f"{dest_dir.rstrip('/')}/{name}", src.size, outcome,
                            time.perf_counter() - started)
 
     async def _run(self, chan: Channel, steps: list[_Step], start: dict[str, Any],
-                   read: Callable[[int, int], bytes], run: CopyRun) -> str:
+                   read: Callable[[int, int], Awaitable[bytes]], run: CopyRun) -> str:
         """Drive the steps with the answer reader (and any idle connections) alongside;
         how the copy ended."""
         outcome = "incomplete"
@@ -177,7 +194,7 @@ class FaultyHost:
                 if isinstance(fault, Idle):
                     run.apply(fault)
                     for _ in range(fault.connections):
-                        idlers.start_soon(hold_idle, self.url, fault, run)
+                        idlers.start_soon(hold_idle, self.url, self.native, fault, run)
             for fault in run.faults:
                 if isinstance(fault, KeepGoing):
                     run.apply(fault)
@@ -220,9 +237,9 @@ class FaultyHost:
         return steps
 
     @staticmethod
-    def _build(chan: Channel, step: _Step, start: dict[str, Any],
-               read: Callable[[int, int], bytes]) -> bytes:
-        """The step's request, from the connection (in flight from now on)."""
+    def _build(chan: Channel, step: _Step, start: dict[str, Any], data: bytes) -> bytes:
+        """The step's request, from the connection (in flight from now on); ``data``:
+        a WRITE's."""
         kind = step.point.kind
         if kind == "negotiate":
             return chan.conn.negotiate()
@@ -230,15 +247,16 @@ class FaultyHost:
             return chan.conn.start_copy(**start)
         if kind == "complete":
             return chan.conn.complete()
-        return chan.conn.write(step.offset, read(step.offset, step.length))
+        return chan.conn.write(step.offset, data)
 
     # -- sending -------------------------------------------------------------------------
 
     async def _drive(self, chan: Channel, steps: list[_Step], start: dict[str, Any],
-                     read: Callable[[int, int], bytes], run: CopyRun) -> None:
+                     read: Callable[[int, int], Awaitable[bytes]], run: CopyRun) -> None:
         for step in steps:
             await self._before(chan, step.point, run)
-            message = self._build(chan, step, start, read)
+            data = await read(step.offset, step.length) if step.point.kind == "write" else b""
+            message = self._build(chan, step, start, data)
             for fault in run.at(step.point, Corrupt):
                 assert isinstance(fault, Corrupt)
                 spec = FIELDS[fault.field]
@@ -391,29 +409,46 @@ class FaultyHost:
 
 
 class _Source:
-    """The bytes to copy: given, or read from a file with ``pread``."""
+    """The bytes to copy: given, or read from a file as the clean sender reads it (in a
+    worker thread, with ``read_slots``: ``preadv``, or ``seek`` and ``readinto`` where
+    there is no ``preadv``, as on Windows), a block of up to READ_BLOCK bytes at a time:
+    the WRITEs go mostly in order, so most reads are served from the last block."""
 
     def __init__(self, source: bytes | str | os.PathLike[str]) -> None:
         self._data: bytes | None = None
-        self._fd: int | None = None
+        self._file: io.RawIOBase | None = None
+        self._block, self._block_at = b"", 0
         if isinstance(source, bytes):
             self._data, self.size = source, len(source)
         else:
-            self._fd = os.open(source, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-            self.size = os.fstat(self._fd).st_size
+            self._file = open(source, "rb", buffering=0)  # noqa: SIM115 (closed in __exit__)
+            self.size = os.fstat(self._file.fileno()).st_size
 
-    def read(self, offset: int, length: int) -> bytes:
+    async def read(self, offset: int, length: int) -> bytes:
+        """``length`` bytes from ``offset`` (within the size)."""
         if self._data is not None:
             return self._data[offset:offset + length]
-        assert self._fd is not None
-        return os.pread(self._fd, length, offset)
+        start = offset - self._block_at
+        if start < 0 or start + length > len(self._block):
+            size = max(length, min(READ_BLOCK, self.size - offset))
+            self._block = await trio.to_thread.run_sync(self._read_file, offset, size)
+            self._block_at, start = offset, 0
+        return self._block[start:start + length]
+
+    def _read_file(self, offset: int, length: int) -> bytes:
+        """Raises CopyFailed if the file shrank, OSError if it cannot be read."""
+        assert self._file is not None
+        slot = _Chunk(bytearray(WRITE_DATA_OFFSET + length), offset, count=1, last=length)
+        self._file.seek(offset)
+        read_slots(self._file, slot, len(slot.buf), length, self.size)
+        return bytes(slot.buf[WRITE_DATA_OFFSET:])
 
     def __enter__(self) -> _Source:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
+        if self._file is not None:
+            self._file.close()
 
 
 def _is_complete(message: bytes) -> bool:
@@ -426,9 +461,11 @@ async def faulty_copy(url: str, source: bytes | str | os.PathLike[str], dest_dir
                       plan: FaultPlan | Sequence[Fault] = (), name: str | None = None,
                       create_full_path: bool = False, force: bool = False,
                       fragment_size: int = DATA_FRAGMENT, full_write_body: bool = True,
-                      window: int = 1, answer_timeout: float = 30.0) -> FaultReport:
+                      window: int = 1, answer_timeout: float = 30.0,
+                      native: bool | None = None) -> FaultReport:
     """One faulty copy over a fresh connection to ``url``, closed afterwards."""
     async with FaultyHost(url, fragment_size=fragment_size, full_write_body=full_write_body,
-                          window=window, answer_timeout=answer_timeout) as host:
+                          window=window, answer_timeout=answer_timeout,
+                          native=native) as host:
         return await host.copy(source, dest_dir, name=name, plan=plan,
                                create_full_path=create_full_path, force=force)

@@ -9,6 +9,7 @@ guest answered a COMPLETE with 0.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import sys
 from collections.abc import AsyncIterator
@@ -34,7 +35,7 @@ from host_sim.fault_plan import (
     Stall,
     parse_fault,
 )
-from host_sim.faults import FaultyHost, faulty_copy
+from host_sim.faults import READ_BLOCK, FaultyHost, faulty_copy
 
 IDLE = 0.5
 """The receivers' idle timeout in these tests, seconds."""
@@ -110,6 +111,23 @@ async def test_absorbed_faults_commit(guest: Guest, specs: list[str], window: in
     assert content(guest.path("/d/f")) == DATA
     assert all(a.status == OK for a in report.answers), report
     assert set(report.applied) == {parse_fault(s).spec() for s in specs}
+
+
+async def test_a_file_source_is_read_right_across_blocks(guest: Guest, tmp_path: Path) -> None:
+    """A file is read a block at a time; WRITEs out of order, overlapping or repeated
+    across the edges of blocks still carry the right bytes."""
+    data = random.Random(7).randbytes(2 * READ_BLOCK + 12345)
+    source = tmp_path / "big.bin"
+    source.write_bytes(data)
+    edge = READ_BLOCK // FRAG  # this WRITE straddles the end of the first block
+    specs = [f"reorder:at=write:{edge}", f"overlap:at=write:{edge + 1},bytes={2 * FRAG}",
+             f"duplicate:at=write:{2 * edge}", "reorder:at=write:0"]
+    with trio.fail_after(30):
+        report = await faulty_copy(guest.url, source, "/d", create_full_path=True, window=8,
+                                   plan=FaultPlan.parse(specs), fragment_size=FRAG)
+    assert report.outcome == "committed", report
+    assert set(report.applied) == {parse_fault(s).spec() for s in specs}
+    assert content(guest.path("/d/big.bin")) == data
 
 
 # -- faults the receiver refuses: the copy ends, the old file stays --------------------
@@ -470,3 +488,30 @@ async def test_cli_fault_option(guest: Guest, tmp_path: Path) -> None:
     assert b"--fault" in bad.stderr and b"seconds" in bad.stderr
     await sessions_gone(guest)
     assert temp_files(guest.root) == []
+
+
+def _file_that_reads_short() -> Path:
+    """A sysfs attribute: ``stat`` says 4096 bytes, a read gives a few (a source that
+    shrinks between START and its WRITEs, without a race)."""
+    for name in ("/sys/kernel/mm/transparent_hugepage/enabled", "/sys/power/state",
+                 "/sys/kernel/uevent_seqnum", "/sys/kernel/profiling"):
+        path = Path(name)
+        with contextlib.suppress(OSError):
+            if path.is_file() and path.stat().st_size > len(path.read_bytes()):
+                return path
+    pytest.skip("no sysfs file that reads shorter than its size here")
+
+
+@pytest.mark.parametrize("fault", [[], ["--fault", "duplicate:at=0"]], ids=["clean", "fault"])
+async def test_a_source_that_reads_short_fails_cleanly(guest: Guest, fault: list[str]) -> None:
+    """The fault host reads the source as the clean copy does: a short read is an error
+    (no short WRITE sent), said in one line, and the guest drops the copy."""
+    source = _file_that_reads_short()
+    done = await _host_sim("--to", guest.url, "--no-progress", *fault, str(source), "/")
+    assert done.returncode == 1, done.stderr
+    assert b"host-sim: " in done.stderr and b"the source shrank while it was read" in done.stderr
+    assert b"Traceback" not in done.stderr
+    await sessions_gone(guest)
+    assert temp_files(guest.root) == []
+    assert not guest.path(f"/{source.name}").exists()
+    assert guest.stats.committed == 0

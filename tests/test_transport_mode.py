@@ -30,11 +30,14 @@ SVC = "0000138d-facb-11e6-bd58-64006a7986d3"
 MODES = [("auto", None), ("native", True), ("threaded", False)]
 
 
+@pytest.mark.parametrize("fault", [[], ["--fault", "duplicate:at=write:0"]],
+                         ids=["clean", "fault"])
 @pytest.mark.parametrize(("mode", "native"), MODES)
 def test_host_sim_passes_the_mode_to_connect(
     gsi_guest_process: GuestProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-    mode: str, native: bool | None,
+    mode: str, native: bool | None, fault: list[str],
 ) -> None:
+    """The clean copy and the fault host (``--fault``) open their connection alike."""
     seen: list[bool | None] = []
 
     async def spy(url: str, *, native: bool | None = None) -> trio.abc.HalfCloseableStream:
@@ -45,7 +48,7 @@ def test_host_sim_passes_the_mode_to_connect(
     source = tmp_path / "mode.txt"
     source.write_bytes(mode.encode())
     status = host_sim.cli.main(["copy", "--to", gsi_guest_process.url, "--transport-mode",
-                                mode, "--no-progress", str(source), "/"])
+                                mode, "--no-progress", *fault, str(source), "/"])
     assert status == 0
     assert seen == [native]
     assert gsi_guest_process.path("/mode.txt").read_bytes() == mode.encode()
