@@ -8,8 +8,8 @@ every copy once when it ends.
 The data path: on a socket stream the bytes are received straight into the core's
 reused buffer (non-blocking ``recv_into``; when nothing is there, one more try after a
 turn of trio's scheduler, which often finds the host's next request without the cost of
-sleeping and waking, then ``wait_readable``; once data came, a few more non-blocking
-receives take the rest of the host's burst, so it is handled as one chunk; other streams
+sleeping and waking, then ``wait_readable``; once a burst's first bytes came, a few more
+non-blocking receives take the rest of it, so it is handled as one chunk; other streams
 go through ``receive_some``).
 A run of WRITEs comes out as one :class:`~gsi.events.WriteBatch`. A small one (one WRITE
 per chunk: stop-and-wait) is gathered in memory and answered at once; any other is
@@ -63,6 +63,10 @@ _DRAIN_TRIES: Final = 4
 """Further receives, without waiting, after one that found data (see Session._drain)."""
 _DRAIN_ROOM: Final = 64 * 1024
 """Free buffer space below which the session does not try a further receive."""
+_DRAIN_FROM: Final = 16 * 1024
+"""A receive of at least this many bytes is taken as part of a burst and followed by
+further receives (a stop-and-wait request, at most 6224 bytes from a stock host, is not:
+a further receive would only fail)."""
 
 
 def _raw_socket(stream: trio.abc.Stream) -> socket.socket | None:
@@ -295,7 +299,7 @@ class Session:
             self._streak += 1
         del buf
         self.conn.received(size)
-        if size:
+        if size >= _DRAIN_FROM:  # part of a burst (a lone request is smaller)
             size += self._drain(sock)
         if self._streak >= _FAIRNESS:  # data keeps coming: let other tasks run too
             self._streak = 0
