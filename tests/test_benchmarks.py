@@ -128,3 +128,26 @@ def test_rx_profile_splits_the_receivers_cpu(capsys: pytest.CaptureFixture[str])
     assert shares and abs(sum(shares) - 100) < 1
     assert any(line.split()[:2] == ["event", "loop"] for line in out.splitlines()
                if line.startswith("  "))
+
+
+def test_rx_compare_runs_two_trees(capsys: pytest.CaptureFixture[str]) -> None:
+    """benchmarks/rx_compare.py against this same tree: two real receivers, alternating
+    copies checked by the client; a line per tree and the ratio line."""
+    from benchmarks import rx_compare
+
+    assert rx_compare.main(["--compare", str(procs.REPO), "--reps", "1", "--size-mib", "24",
+                            "--transport", "tcp"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("tcp, window 64, full echo")
+    assert [line.split()[0] for line in out[1:3]] == ["this", "other"]
+    assert out[3].startswith("  this / other: CPU ")
+
+
+def test_rx_compare_refuses_a_directory_that_is_no_tree(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import rx_compare
+
+    with pytest.raises(SystemExit) as exc:
+        rx_compare.main(["--compare", str(tmp_path)])
+    assert exc.value.code == 2
+    assert "no source tree of gsi" in capsys.readouterr().err
