@@ -83,12 +83,13 @@ class ServerError(RuntimeError):
 
 
 class Server:
-    """A server process started from ``argv`` that prints ``listening on URL`` first."""
+    """A server process started from ``argv`` that prints ``listening on URL`` first
+    (run in ``cwd``: ``python -m`` imports from there, this repository by default)."""
 
-    def __init__(self, name: str, argv: list[str], log: Path) -> None:
+    def __init__(self, name: str, argv: list[str], log: Path, *, cwd: Path = REPO) -> None:
         self.name = name
         self._log = log.open("ab")
-        self.proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE,
+        self.proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE,
                                      stderr=self._log, stdin=subprocess.DEVNULL,
                                      preexec_fn=_pin("server"))
         self.url = self._wait_url()

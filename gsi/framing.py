@@ -15,6 +15,9 @@ from .errors import FramingError, LocalProtocolError
 _INITIAL = 16 * 1024
 """First capacity of the buffer: an idle connection (or an open copy with no data yet)
 holds no more than this."""
+EXACT_FROM = 64 * 1024
+"""Messages of at least this ``msgsize`` are received up to their end and no further (see
+:meth:`Framer.receive_buffer`)."""
 _MAX_CHUNK = 1 << 20
 """Default bound on the free space offered to one receive (see :meth:`Framer.receive_buffer`)."""
 
@@ -36,8 +39,8 @@ class Framer:
             each time a receive fills it) up to this many bytes.
     """
 
-    __slots__ = ("_buf", "_chunk", "_end", "_eof", "_error", "_max_chunk", "_max_msgsize",
-                 "_pos")
+    __slots__ = ("_buf", "_chunk", "_end", "_eof", "_error", "_large", "_max_chunk",
+                 "_max_msgsize", "_pos")
 
     def __init__(self, max_msgsize: int, *, max_chunk: int = _MAX_CHUNK) -> None:
         if max_msgsize < ICMSG_HDR_SIZE:
@@ -48,6 +51,7 @@ class Framer:
         self._buf = bytearray()
         self._pos = 0
         self._end = 0
+        self._large = 0  # size of the last large message seen (see _pending)
         self._eof = False
         self._error: FramingError | None = None
 
@@ -86,24 +90,47 @@ class Framer:
 
     def receive_buffer(self) -> memoryview:
         """Free space to receive into (at least the rest of a pending message); pass the
-        number of bytes received to :meth:`received`. Invalidates earlier views."""
+        number of bytes received to :meth:`received`. Invalidates earlier views.
+
+        While a large message (:data:`EXACT_FROM` bytes or more) is pending, the space
+        offered ends where it ends: the receive stops at the message boundary, so once the
+        message is handled nothing is left to move to the front of the buffer (a partial
+        large message would be copied there before every receive that needs the room).
+        """
         if self._eof:
             raise LocalProtocolError("receive after end of stream")
-        want = self._chunk
-        pos, end = self._pos, self._end
-        if end - pos >= PIPE_HDR_SIZE:  # a partial message: make room for all of it
-            msgsize = PIPE.unpack_from(self._buf, pos)[1]
-            if msgsize <= self._max_msgsize:
-                want = max(want, pos + PIPE_HDR_SIZE + msgsize - end)
-        self._room(want)
-        return memoryview(self._buf)[self._end:]
+        rest, exact = self._pending()
+        self._room(rest if exact else max(self._chunk, rest))
+        view = memoryview(self._buf)[self._end:]
+        return view[:rest] if exact else view
 
     def spare(self) -> memoryview:
-        """The free space after the data, without moving anything (possibly empty); pass
-        the number of bytes received into it to :meth:`received`."""
+        """The free space after the data, without moving anything (possibly empty; cut
+        at the end of a pending large message, as :meth:`receive_buffer`); pass the
+        number of bytes received into it to :meth:`received`."""
         if self._eof:
             raise LocalProtocolError("receive after end of stream")
-        return memoryview(self._buf)[self._end:]
+        rest, exact = self._pending()
+        view = memoryview(self._buf)[self._end:]
+        return view[:rest] if exact else view
+
+    def _pending(self) -> tuple[int, bool]:
+        """How much to receive at most: (bytes still missing of the message whose header
+        is buffered, True) for a large one; with nothing buffered after large messages,
+        (the size of the last one, True): a host sends equal fragments, and a receive
+        that runs into the next message leaves it to be moved. Else (the rest or 0,
+        False): no limit."""
+        pos, end = self._pos, self._end
+        if end - pos >= PIPE_HDR_SIZE:
+            msgsize = PIPE.unpack_from(self._buf, pos)[1]
+            if msgsize <= self._max_msgsize:
+                rest = pos + PIPE_HDR_SIZE + msgsize - end
+                large = msgsize >= EXACT_FROM
+                self._large = PIPE_HDR_SIZE + msgsize if large else 0
+                return rest, rest > 0 and large
+        elif pos == end and self._large:
+            return self._large, True
+        return 0, False
 
     def received(self, size: int) -> None:
         """``size`` bytes were received into the last :meth:`receive_buffer` (0: end of

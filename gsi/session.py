@@ -61,8 +61,6 @@ _FAIRNESS: Final = 16
 """Receives that found data at once in a row before the session yields to other tasks."""
 _DRAIN_TRIES: Final = 4
 """Further receives, without waiting, after one that found data (see Session._drain)."""
-_DRAIN_ROOM: Final = 64 * 1024
-"""Free buffer space below which the session does not try a further receive."""
 _DRAIN_FROM: Final = 16 * 1024
 """A receive of at least this many bytes is taken as part of a burst and followed by
 further receives (a stop-and-wait request, at most 6224 bytes from a stock host, is not:
@@ -316,7 +314,7 @@ class Session:
         total = 0
         for _ in range(_DRAIN_TRIES):
             buf = conn.receive_spare()
-            if len(buf) < _DRAIN_ROOM:
+            if not len(buf):
                 break
             try:
                 size = sock.recv_into(buf)

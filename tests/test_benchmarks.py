@@ -101,3 +101,53 @@ def test_vmbus_case_runs_end_to_end(tmp_path: Path) -> None:
     assert rows[1]["ratio"] == result["baselines"]["bare"]["ratio"]
     # the root and both rings (the receiver's and the bare loop's) are gone
     assert not (tmp_path / "root-0").exists() and not list(tmp_path.glob("0-*"))
+
+
+def _perf_usable() -> bool:
+    import shutil
+    import subprocess
+    if shutil.which("perf") is None:
+        return False
+    probe = subprocess.run(["perf", "stat", "-e", "syscalls:sys_enter_futex", "true"],
+                           capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _perf_usable(), reason="perf with syscall tracepoints is not usable")
+def test_rx_profile_splits_the_receivers_cpu(capsys: pytest.CaptureFixture[str]) -> None:
+    """A small run of benchmarks/rx_profile.py against a real receiver: it counts the
+    system calls per chunk and splits the samples by thread and place, shares summing to
+    the whole."""
+    from benchmarks import rx_profile
+
+    assert rx_profile.main(["--size-mib", "24", "--copies", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "system calls per chunk: recvfrom" in out
+    shares = [float(line.split("%")[0].split()[-1])
+              for line in out.splitlines() if line.startswith("  ")]
+    assert shares and abs(sum(shares) - 100) < 1
+    assert any(line.split()[:2] == ["event", "loop"] for line in out.splitlines()
+               if line.startswith("  "))
+
+
+def test_rx_compare_runs_two_trees(capsys: pytest.CaptureFixture[str]) -> None:
+    """benchmarks/rx_compare.py against this same tree: two real receivers, alternating
+    copies checked by the client; a line per tree and the ratio line."""
+    from benchmarks import rx_compare
+
+    assert rx_compare.main(["--compare", str(procs.REPO), "--reps", "1", "--size-mib", "24",
+                            "--transport", "tcp"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("tcp, window 64, full echo")
+    assert [line.split()[0] for line in out[1:3]] == ["this", "other"]
+    assert out[3].startswith("  this / other: CPU ")
+
+
+def test_rx_compare_refuses_a_directory_that_is_no_tree(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import rx_compare
+
+    with pytest.raises(SystemExit) as exc:
+        rx_compare.main(["--compare", str(tmp_path)])
+    assert exc.value.code == 2
+    assert "no source tree of gsi" in capsys.readouterr().err

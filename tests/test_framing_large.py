@@ -53,3 +53,64 @@ def test_a_fed_bytearray_may_be_reused_by_the_caller() -> None:
         framer.feed(chunk)
         chunk[:] = bytes(len(chunk))  # the caller reuses its buffer
     assert framer.next_message() == message
+
+
+def _receive(framer: Framer, stream: bytes, at: int, limit: int) -> int:
+    """One receive straight into the framer, as the session does; bytes taken."""
+    view = framer.receive_buffer()
+    size = min(len(view), limit, len(stream) - at)
+    view[:size] = stream[at:at + size]
+    del view
+    framer.received(size)
+    return size
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_receives_into_the_buffer_give_the_same_messages(seed: int) -> None:
+    """The session's way in (receive_buffer, received) frames any stream like feed: the
+    offered space never cuts a message short of what it needs."""
+    rng = random.Random(seed)
+    messages = [_message(rng, rng.choice(SIZES)) for _ in range(rng.randint(1, 10))]
+    stream = b"".join(messages)
+    framer = Framer(1 << 21)
+    out: list[bytes] = []
+    at = 0
+    while at < len(stream):
+        at += _receive(framer, stream, at, rng.choice([1, 100, 6224, 65536, 1 << 20, 1 << 22]))
+        while (message := framer.next_message()) is not None:
+            out.append(message)
+    assert out == messages
+
+
+def test_large_messages_are_received_up_to_their_end() -> None:
+    """While a large message is pending the space offered ends where it ends, and after
+    large messages the next receive is offered the last one's size: receives stop at the
+    message boundaries, so nothing is left over to move to the front of the buffer."""
+    rng = random.Random(3)
+    size = 200_000
+    small = [_message(rng, 6216) for _ in range(400)]  # grows the buffer to 1 MiB and more
+    large = [_message(rng, size) for _ in range(4)]
+    tail = [_message(rng, 100)] * 3
+    stream = b"".join(small + large + tail)
+    framer = Framer(1 << 21)
+    out: list[bytes] = []
+    at = 0
+    start = len(b"".join(small))
+    while at < start:
+        at += _receive(framer, stream, at, start - at)
+        while (message := framer.next_message()) is not None:
+            out.append(message)
+    assert len(framer.receive_buffer()) >= 1 << 20
+    at += _receive(framer, stream, at, 5000)  # a first receive that stops early
+    assert len(framer.receive_buffer()) == 8 + size - 5000  # exactly the rest
+    boundaries = {start + i * (8 + size) for i in range(5)}
+    while at < len(stream):
+        at += _receive(framer, stream, at, 1 << 22)
+        if at <= start + 4 * (8 + size):
+            assert at in boundaries, at  # every receive ended at a message's end
+        while (message := framer.next_message()) is not None:
+            out.append(message)
+        if at < start + 4 * (8 + size):
+            assert framer.buffered == 0
+            assert len(framer.receive_buffer()) == 8 + size
+    assert out == small + large + tail
