@@ -18,8 +18,21 @@ def _message(rng: random.Random, msgsize: int) -> bytes:
     return struct.pack("<II", 1, msgsize) + head + bytes(msgsize - len(head))
 
 
+def _receive(framer: Framer, stream: bytes, at: int, limit: int) -> int:
+    """One receive straight into the framer, as the session does; bytes taken."""
+    view = framer.receive_buffer()
+    size = min(len(view), limit, len(stream) - at)
+    view[:size] = stream[at:at + size]
+    del view
+    framer.received(size)
+    return size
+
+
+@pytest.mark.parametrize("way", ["feed", "receive"])
 @pytest.mark.parametrize("seed", range(40))
-def test_any_chunking_gives_the_same_messages(seed: int) -> None:
+def test_any_chunking_gives_the_same_messages(seed: int, way: str) -> None:
+    """Fed, or received straight into the buffer as the session does (the space offered
+    never cuts a message short of what it needs): the same messages."""
     rng = random.Random(seed)
     messages = [_message(rng, rng.choice(SIZES)) for _ in range(rng.randint(1, 8))]
     stream = b"".join(messages)
@@ -27,9 +40,13 @@ def test_any_chunking_gives_the_same_messages(seed: int) -> None:
     out: list[bytes] = []
     fed = 0
     while fed < len(stream):
-        piece = stream[fed:fed + rng.choice([1, 7, 100, 4096, 65536, 262144, 1 << 21])]
-        framer.feed(piece if rng.random() < 0.5 else bytearray(piece))
-        fed += len(piece)
+        limit = rng.choice([1, 7, 100, 4096, 65536, 262144, 1 << 21])
+        if way == "receive":
+            fed += _receive(framer, stream, fed, limit)
+        else:
+            piece = stream[fed:fed + limit]
+            framer.feed(piece if rng.random() < 0.5 else bytearray(piece))
+            fed += len(piece)
         assert framer.buffered == fed - sum(map(len, out))
         if rng.random() < 0.8:
             while (message := framer.next_message()) is not None:
@@ -53,33 +70,6 @@ def test_a_fed_bytearray_may_be_reused_by_the_caller() -> None:
         framer.feed(chunk)
         chunk[:] = bytes(len(chunk))  # the caller reuses its buffer
     assert framer.next_message() == message
-
-
-def _receive(framer: Framer, stream: bytes, at: int, limit: int) -> int:
-    """One receive straight into the framer, as the session does; bytes taken."""
-    view = framer.receive_buffer()
-    size = min(len(view), limit, len(stream) - at)
-    view[:size] = stream[at:at + size]
-    del view
-    framer.received(size)
-    return size
-
-
-@pytest.mark.parametrize("seed", range(20))
-def test_receives_into_the_buffer_give_the_same_messages(seed: int) -> None:
-    """The session's way in (receive_buffer, received) frames any stream like feed: the
-    offered space never cuts a message short of what it needs."""
-    rng = random.Random(seed)
-    messages = [_message(rng, rng.choice(SIZES)) for _ in range(rng.randint(1, 10))]
-    stream = b"".join(messages)
-    framer = Framer(1 << 21)
-    out: list[bytes] = []
-    at = 0
-    while at < len(stream):
-        at += _receive(framer, stream, at, rng.choice([1, 100, 6224, 65536, 1 << 20, 1 << 22]))
-        while (message := framer.next_message()) is not None:
-            out.append(message)
-    assert out == messages
 
 
 def test_large_messages_are_received_up_to_their_end() -> None:
