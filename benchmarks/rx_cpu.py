@@ -36,6 +36,7 @@ from benchmarks import procs
 from benchmarks.matrix import writes_per_file
 from gsi import codec
 from gsi.constants import CopyFlags
+from gsi.transports import DEFAULT_SOCKET_BUFFER, tune_socket
 from host_sim.protocol import Answer, HostConnection
 
 FRAGMENT = 6144
@@ -46,6 +47,9 @@ _TID_AT = 24
 def _connect(url: str) -> socket.socket:
     if url.startswith("unix://"):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # the buffers gsi.transports (and the raw copy) ask for: on a Unix socket the
+        # sender's buffer bounds what a burst can put in flight
+        tune_socket(sock, DEFAULT_SOCKET_BUFFER)
         sock.connect(url[len("unix://"):])
     else:
         host, _, port = url[len("tcp://"):].rpartition(":")
