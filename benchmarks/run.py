@@ -313,7 +313,7 @@ def _interrupt(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--quick", action="store_true",
-                   help="the trimmed matrix (about 1 minute; the full one: about 11)")
+                   help="the trimmed matrix (about 2 minutes; the full one: about 13)")
     p.add_argument("--only", metavar="TEXT", help="run only cases whose label contains TEXT")
     p.add_argument("--reps", type=int, help="override the repetitions of every case")
     p.add_argument("--out", type=Path, default=RESULTS, help="results directory")
