@@ -120,7 +120,7 @@ class RingChannel:
         self._unsignalled = False
         self._tx_lock = trio.Lock()
         self._waiting = False
-        self._woken = trio.Event()
+        self._woken: trio.Event | None = None  # made when a second task waits
 
     def check_usable(self) -> None:
         if self.closed:
@@ -140,16 +140,18 @@ class RingChannel:
         """Until the peer signals (or spuriously). Any number of tasks may wait: one
         waits on the doorbell and wakes the others, who then all look again."""
         if self._waiting:
+            if self._woken is None:
+                self._woken = trio.Event()
             await self._woken.wait()
             return
         self._waiting = True
         try:
+            if self._interval == math.inf:  # nothing on a timer: no cancel scope to pay
+                await self._wait_doorbell()
+                return
             while True:
                 with trio.move_on_after(self._interval) as scope:
-                    try:
-                        await self.doorbell.wait()
-                    except trio.BrokenResourceError as exc:
-                        self._fail(str(exc))  # rescinded: never wait on it again
+                    await self._wait_doorbell()
                 if not scope.cancelled_caught:
                     return
                 if self._watchdog is not None:
@@ -161,8 +163,15 @@ class RingChannel:
                     return
         finally:
             self._waiting = False
-            woken, self._woken = self._woken, trio.Event()
-            woken.set()
+            if self._woken is not None:
+                self._woken.set()
+                self._woken = None
+
+    async def _wait_doorbell(self) -> None:
+        try:
+            await self.doorbell.wait()
+        except trio.BrokenResourceError as exc:
+            self._fail(str(exc))  # rescinded: never wait on it again
 
     def signal_peer(self) -> None:
         try:
@@ -182,18 +191,13 @@ class RingChannel:
         """Consume every packet in the RX ring (at most ``limit``); signal a writer
         waiting for room."""
         rx = self.rings.rx
-        packets: list[Packet] = []
         try:
-            start = rx.read_index
-            while limit is None or len(packets) < limit:
-                packet = rx.read_packet()
-                if packet is None:
-                    break
-                packets.append(packet)
-            if packets:
-                consumed = (rx.read_index - start) % rx.data_size
+            packets, consumed = rx.read_packets(limit)
+            if consumed:
                 full_barrier()
-                if need_signal_after_read(
+                # A writer that waits for room has set pending_send_sz: only then is the
+                # rest of the rule worth reading (it is False when that is 0).
+                if rx.pending_send_sz and need_signal_after_read(
                         feature_bits=rx.feature_bits, pending_send_sz=rx.pending_send_sz,
                         write_space=rx.bytes_available_to_write(), bytes_read=consumed):
                     self.signal_peer()
@@ -229,7 +233,8 @@ class RingChannel:
 
     # -- writing ------------------------------------------------------------------
 
-    def try_write(self, payload: bytes, *, trans_id: int | None = None, flags: int = 0,
+    def try_write(self, payload: bytes | bytearray | memoryview, *,
+                  trans_id: int | None = None, flags: int = 0,
                   packet_type: int = VM_PKT_DATA_INBAND) -> bool:
         """Write one packet now if it fits; False if the ring is full.
 
@@ -241,8 +246,7 @@ class RingChannel:
         if trans_id is None:
             trans_id = VMBUS_RQST_ERROR if self.guest else self._next_trans_id
         try:
-            old = tx.write_index
-            tx.write_packet(payload, trans_id=trans_id, flags=flags, type=packet_type)
+            old = tx.append_packet(payload, trans_id=trans_id, flags=flags, type=packet_type)
         except RingFull:
             return False
         except RingError as exc:
@@ -255,12 +259,14 @@ class RingChannel:
             self._unsignalled = True
         else:
             full_barrier()
-            if need_signal_after_write(old_write_index=old, read_index=tx.read_index,
-                                       interrupt_mask=tx.interrupt_mask):
+            _, read_index, interrupt_mask, _ = tx.control()
+            if need_signal_after_write(old_write_index=old, read_index=read_index,
+                                       interrupt_mask=interrupt_mask):
                 self._unsignalled = True
         return True
 
-    async def write(self, payload: bytes, *, trans_id: int | None = None, flags: int = 0,
+    async def write(self, payload: bytes | bytearray | memoryview, *,
+                    trans_id: int | None = None, flags: int = 0,
                     packet_type: int = VM_PKT_DATA_INBAND) -> None:
         """Write one packet (see :meth:`try_write`), waiting for room while the ring is
         full. Not a checkpoint when the packet fits at once (the stream's methods are)."""

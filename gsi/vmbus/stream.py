@@ -105,6 +105,7 @@ class RingStream(trio.abc.HalfCloseableStream):
         self._receiving = False
         self._sending = False
         self._busy_poll = 0.0
+        self._scheduled = False  # a receive took a schedule point since the last send
 
     @property
     def closed(self) -> bool:
@@ -159,6 +160,7 @@ class RingStream(trio.abc.HalfCloseableStream):
                         await self.channel.wait()
             if not waited:
                 await trio.lowlevel.cancel_shielded_checkpoint()
+            self._scheduled = True
         finally:
             self._receiving = False
         if self.channel.guest:
@@ -190,14 +192,21 @@ class RingStream(trio.abc.HalfCloseableStream):
             raise trio.BusyResourceError("another task is already sending")
         self._sending = True
         try:
-            await trio.lowlevel.checkpoint()
+            # A cancel point always; a schedule point only when no receive took one since
+            # the last send: in a request/answer loop a loop turn per send would double
+            # the turns (one is several microseconds), and each receive takes one.
+            if self._scheduled:
+                self._scheduled = False
+                await trio.lowlevel.checkpoint_if_cancelled()
+            else:
+                await trio.lowlevel.checkpoint()
             self._check_open()
             if self._eof_sent:
                 raise trio.ClosedResourceError("send_eof() was called")
             if not data:
                 return
             if self.channel.guest:
-                await self._send_answer(bytes(data))
+                await self._send_answer(data)
                 return
             self._out.feed(data)
             while True:
@@ -213,11 +222,13 @@ class RingStream(trio.abc.HalfCloseableStream):
         finally:
             self._sending = False
 
-    async def _send_answer(self, answer: bytes) -> None:
-        """The answer to the message handed out last, as one packet."""
+    async def _send_answer(self, answer: bytes | bytearray | memoryview) -> None:
+        """The answer to the message handed out last, as one packet (copied into the
+        ring as it is)."""
         if log.isEnabledFor(logging.DEBUG):
             _log_packet(self.channel.name, "out", Packet(
-                type=VM_PKT_DATA_INBAND, flags=0, trans_id=VMBUS_RQST_ERROR, payload=answer))
+                type=VM_PKT_DATA_INBAND, flags=0, trans_id=VMBUS_RQST_ERROR,
+                payload=bytes(answer)))
         await self.channel.write(answer)
         self._unanswered = None
         if not self._ready:  # else after the answers to the rest of what was drained
