@@ -34,7 +34,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from typing import Final, NoReturn, Protocol
+from typing import Final, NoReturn, Protocol, runtime_checkable
 
 import trio
 
@@ -85,6 +85,15 @@ class Doorbell(Protocol):
         """Release the plumbing; a pending ``wait`` raises trio.ClosedResourceError."""
 
 
+@runtime_checkable
+class Kickable(Protocol):
+    """A doorbell that can also wake its own waiter (a spurious interrupt), so that a
+    channel can check on a timer without a cancel scope around every wait."""
+
+    def kick(self) -> None:
+        """Make a pending or the next ``wait`` return; never raises."""
+
+
 class RingChannel:
     """One end of a channel: rings, doorbell and the state that outlives a session.
 
@@ -98,6 +107,12 @@ class RingChannel:
         watchdog: called every ``watchdog_interval`` seconds while waiting; raises
             trio.BrokenResourceError if the peer is gone. It does not end the wait.
         on_close: releases the mapping, after the rings are released.
+
+    The timer (``recheck_interval`` or the watchdog's) costs a cancel scope around
+    every wait (several microseconds, a large part of a message), unless the doorbell is
+    :class:`Kickable`: then one system task per channel kicks a waiter once per interval,
+    and a waiter runs the watchdog after waking when an interval has passed since the
+    last check (so a peer that is gone is noticed within two intervals).
     """
 
     def __init__(self, rings: ChannelRings, doorbell: Doorbell, *, guest: bool, name: str,
@@ -121,6 +136,10 @@ class RingChannel:
         self._tx_lock = trio.Lock()
         self._waiting = False
         self._woken: trio.Event | None = None  # made when a second task waits
+        self._kick = doorbell.kick if isinstance(doorbell, Kickable) else None
+        self._ticker: trio.CancelScope | None = None
+        self._ticker_run: trio.lowlevel.TrioToken | None = None
+        self._watch_due = -math.inf
 
     def check_usable(self) -> None:
         if self.closed:
@@ -148,24 +167,51 @@ class RingChannel:
         try:
             if self._interval == math.inf:  # nothing on a timer: no cancel scope to pay
                 await self._wait_doorbell()
-                return
-            while True:
-                with trio.move_on_after(self._interval) as scope:
-                    await self._wait_doorbell()
-                if not scope.cancelled_caught:
-                    return
-                if self._watchdog is not None:
-                    try:
-                        self._watchdog()
-                    except trio.BrokenResourceError as exc:
-                        self._fail(str(exc))
-                if self._recheck is not None:
-                    return
+            elif self._kick is not None:
+                self._start_ticker()
+                await self._wait_doorbell()
+                if self._watchdog is not None and trio.current_time() >= self._watch_due:
+                    self._watch_due = trio.current_time() + self._interval
+                    self._check_peer()
+            else:
+                await self._wait_timed()
         finally:
             self._waiting = False
             if self._woken is not None:
                 self._woken.set()
                 self._woken = None
+
+    async def _wait_timed(self) -> None:
+        while True:
+            with trio.move_on_after(self._interval) as scope:
+                await self._wait_doorbell()
+            if not scope.cancelled_caught:
+                return
+            self._check_peer()
+            if self._recheck is not None:
+                return
+
+    def _check_peer(self) -> None:
+        if self._watchdog is not None:
+            try:
+                self._watchdog()
+            except trio.BrokenResourceError as exc:
+                self._fail(str(exc))
+
+    def _start_ticker(self) -> None:
+        """The system task that kicks a waiter every interval, once per trio run."""
+        run = trio.lowlevel.current_trio_token()
+        if self._ticker_run is not run:
+            self._ticker_run, self._ticker = run, trio.CancelScope()
+            trio.lowlevel.spawn_system_task(self._tick, self._ticker,
+                                            name=f"{self.name} timer")
+
+    async def _tick(self, scope: trio.CancelScope) -> None:
+        with scope:
+            while not self.closed:
+                await trio.sleep(self._interval)
+                if self._waiting and self._kick is not None:
+                    self._kick()
 
     async def _wait_doorbell(self) -> None:
         try:
@@ -302,6 +348,8 @@ class RingChannel:
         if self.closed:
             return
         self.closed = True
+        if self._ticker is not None:
+            self._ticker.cancel()
         try:
             self.doorbell.close()
         finally:

@@ -99,6 +99,12 @@ class FifoDoorbell:
         with contextlib.suppress(BlockingIOError):  # full: signals are pending anyway
             os.write(self._ring_fd, b"\x01")
 
+    def kick(self) -> None:
+        """Wake this end's own waiter: a byte in the FIFO it waits on."""
+        with contextlib.suppress(OSError):  # closed, or full: a wake-up is pending anyway
+            if self._wait_fd >= 0:
+                os.write(self._wait_fd, b"\x01")
+
     def close(self) -> None:
         fds = (self._wait_fd, self._ring_fd)
         self._wait_fd = self._ring_fd = -1
