@@ -421,6 +421,27 @@ async def test_a_host_wait_wakes_on_its_timer_and_checks_the_receiver(
         guest.close()
 
 
+async def test_the_host_end_hands_out_messages_without_padding_in_any_sizes(
+        tmp_path: Path) -> None:
+    path = str(tmp_path / "ring")
+    guest = create_guest_channel(path)
+    stream = RingStream(attach_host_channel(path), owns_channel=True)
+    first = message(0, b"abc", tid=1)  # 31 bytes: the ring pads it to 32
+    second = message(0, b"0123456789abcdef", tid=2)  # 44 bytes, no padding
+    try:
+        with trio.fail_after(5):
+            assert guest.try_write(first)
+            guest.flush_signal()
+            assert await stream.receive_some() == first  # one message: as it came
+            assert guest.try_write(first) and guest.try_write(second + b"\xee" * 4)
+            guest.flush_signal()
+            assert await stream.receive_some(10) == first[:10]
+            assert await stream.receive_some(100) == first[10:] + second
+    finally:
+        await stream.aclose()
+        guest.close()
+
+
 def _leaves(group: BaseExceptionGroup[TransportError]) -> list[TransportError]:
     return [e for e in group.exceptions if isinstance(e, TransportError)] + [
         leaf for e in group.exceptions if isinstance(e, BaseExceptionGroup)

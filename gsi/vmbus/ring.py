@@ -40,13 +40,17 @@ available, rejects ``offset8 < 2`` and ``offset8 > len8``, copies ``len8 * 8`` b
 the trailer (which it ignores), then publishes the new ``read_index`` last.
 
 Memory ordering: Python has no barriers. The writer stores the packet before it stores
-``write_index`` and the reader copies the packet out before it stores ``read_index``; each
-index is read once per operation into a local snapshot and every length is decoded from a
-private copy. On x86-64 (TSO: stores are not reordered with older stores, loads not with
-older loads) that program order is what the C code's compiler barriers guarantee. The
-copies also mean a host that rewrites the ring mid-read can only garble the payload,
-never make this code read out of bounds: every index and length is checked first and a
-bad one raises :class:`RingError`.
+``write_index`` and the reader copies the packet out before it stores ``read_index``; both
+indices are loaded once per operation (one ``struct`` unpack) into a local snapshot and
+every descriptor field is loaded once into a local (unpacked in place, or from a copy of
+the 16 bytes when the end of the data area splits them). On x86-64 (TSO: stores are not
+reordered with older stores, loads not with older loads) that program order is what the
+C code's compiler barriers guarantee. The snapshots also mean a host that rewrites the
+ring mid-read can only garble the payload, never make this code read out of bounds: every
+index and length is checked first and a bad one raises :class:`RingError`.
+
+Cost: a packet's payload is copied once each way (straight between the caller's buffer
+and the ring, in two pieces where it wraps), and a batch read stores ``read_index`` once.
 
 Deliberate differences from the C readers: a packet whose descriptor or trailer is not
 fully available (``0 < available < len8 * 8 + 8``) is an error here, not EAGAIN, because a
@@ -340,18 +344,22 @@ class RingView:
         return self._copy_out(start, n)
 
     def _copy_out(self, start: int, n: int) -> bytes:
+        """``n`` bytes from data offset ``start``, wrapping: one copy either way."""
         end = start + n
         if end <= self._data_size:
-            return bytes(self._data[start:end])
-        first = self._data_size - start
-        return bytes(self._data[start:]) + bytes(self._data[: n - first])
+            return self._data[start:end].tobytes()
+        return b"".join((self._data[start:], self._data[: end - self._data_size]))
 
     def _copy_in(self, start: int, src: bytes | bytearray | memoryview) -> None:
+        """``src`` to data offset ``start``, wrapping: one copy either way."""
         n = len(src)
-        first = min(n, self._data_size - start)
-        self._data[start : start + first] = src[:first]
-        if first < n:
-            self._data[: n - first] = src[first:]
+        first = self._data_size - start
+        if n <= first:
+            self._data[start : start + n] = src
+        else:
+            with memoryview(src) as view:
+                self._data[start:] = view[:first]
+                self._data[: n - first] = view[first:]
 
     def _parse_at(self, r: int, avail: int) -> tuple[Packet, int]:
         """The packet at data offset ``r``, with ``avail`` > 0 bytes published from there:
@@ -380,11 +388,8 @@ class RingView:
             raise RingError(
                 f"packet of {pkt_len} bytes + trailer exceeds the {avail} bytes published"
             )
-        start, end = r + offset8 * 8, r + pkt_len
-        if end <= size:
-            payload = self._data[start:end].tobytes()
-        else:
-            payload = self._copy_out(start % size, end - start)
+        start = (r + offset8 * 8) % size
+        payload = self._copy_out(start, pkt_len - offset8 * 8)
         packet = Packet(type=ptype, flags=flags, trans_id=trans_id, payload=payload)
         return packet, pkt_len + TRAILER_SIZE
 
@@ -498,15 +503,20 @@ class RingView:
         free = size - (w - r) % size
         if free <= total:
             raise RingFull(f"{total} bytes needed, {free} free (must be more than needed)")
-        wraps = w + total > size  # built aside, then copied in two pieces
-        out, at = (memoryview(bytearray(total)), 0) if wraps else (self._data, w)
-        _DESCRIPTOR.pack_into(out, at, type, _MIN_OFFSET8, pkt_len // 8, flags, trans_id)
-        end = at + DESCRIPTOR_SIZE + n
-        out[at + DESCRIPTOR_SIZE : end] = payload
-        out[end : at + pkt_len] = _PADDING[: at + pkt_len - end]
-        _TRAILER.pack_into(out, at + pkt_len, w << 32)
-        if wraps:
-            self._copy_in(w, out)
+        # Straight into the ring, each piece split in two only where the end of the data
+        # area cuts it (the trailer, 8-aligned, never is).
+        if w + DESCRIPTOR_SIZE <= size:
+            _DESCRIPTOR.pack_into(self._data, w, type, _MIN_OFFSET8, pkt_len // 8, flags,
+                                  trans_id)
+        else:
+            self._copy_in(w, _DESCRIPTOR.pack(type, _MIN_OFFSET8, pkt_len // 8, flags,
+                                               trans_id))
+        at = (w + DESCRIPTOR_SIZE) % size
+        self._copy_in(at, payload)
+        pad = pkt_len - DESCRIPTOR_SIZE - n
+        if pad:
+            self._copy_in((at + n) % size, _PADDING[:pad])
+        _TRAILER.pack_into(self._data, (w + pkt_len) % size, w << 32)
         _U32.pack_into(self._ctl, WRITE_INDEX_OFFSET, (w + total) % size)
         return w
 

@@ -95,9 +95,8 @@ class RingStream(trio.abc.HalfCloseableStream):
         self.channel = channel
         self._owns = owns_channel
         self._on_close = on_close
-        self._inbuf = bytearray()  # host end
         self._out = Framer(MAX_PACKET_SIZE)  # host end
-        self._ready: deque[bytes] = deque()  # guest end: drained, not yet handed out
+        self._ready: deque[bytes] = deque()  # drained, not yet handed out
         self._unanswered: bytes | None = None  # guest end: handed out, no answer yet
         self._core: GuestConnection | None = None
         self._closed = False
@@ -145,7 +144,7 @@ class RingStream(trio.abc.HalfCloseableStream):
         waited = False
         try:
             self._unanswered = None  # the last message had no answer (too short)
-            while not (self._ready if self.channel.guest else self._inbuf):
+            while not self._ready:
                 self._check_open()
                 packets = self.channel.read_packets()
                 if packets:
@@ -163,12 +162,17 @@ class RingStream(trio.abc.HalfCloseableStream):
             self._scheduled = True
         finally:
             self._receiving = False
+        ready = self._ready
         if self.channel.guest:
-            self._unanswered = self._ready.popleft()
+            self._unanswered = ready.popleft()
             return self._unanswered
-        n = len(self._inbuf) if max_bytes is None else min(max_bytes, len(self._inbuf))
-        data = bytes(self._inbuf[:n])
-        del self._inbuf[:n]
+        if len(ready) == 1 and (max_bytes is None or len(ready[0]) <= max_bytes):
+            return ready.popleft()  # the usual case: one message, not copied again
+        data = b"".join(ready)
+        ready.clear()
+        if max_bytes is not None and len(data) > max_bytes:
+            ready.append(data[max_bytes:])
+            data = data[:max_bytes]
         return data
 
     def _ingest(self, packets: list[Packet]) -> None:
@@ -185,7 +189,8 @@ class RingStream(trio.abc.HalfCloseableStream):
                 self._ready.append(payload)
             else:  # one message per packet, its padding cut off for the host's framer
                 size = message_size(payload)
-                self._inbuf += payload if size is None else payload[:size]
+                self._ready.append(payload if size is None or size == len(payload)
+                                   else payload[:size])
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self._sending:
