@@ -186,6 +186,10 @@ def test_control_snapshot() -> None:
     buf, ring = make_ring()
     struct.pack_into("<IIII", buf, 0, 0x10, 0x28, 1, 0x300)
     assert ring.control() == (0x10, 0x28, 1, 0x300)
+    ring.mask_interrupts(False)
+    assert ring.control() == (0x10, 0x28, 0, 0x300) and ring.interrupt_mask == 0
+    ring.mask_interrupts(True)
+    assert struct.unpack_from("<I", buf, 8) == (1,)
 
 
 def test_trailer_never_splits() -> None:

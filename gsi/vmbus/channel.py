@@ -269,8 +269,7 @@ class RingChannel:
     def ready_to_sleep(self) -> bool:
         """Unmask RX interrupts, then look again: True if the RX ring is still empty."""
         rx = self.rings.rx
-        if rx.interrupt_mask != 0:
-            rx.interrupt_mask = 0
+        rx.mask_interrupts(False)
         full_barrier()
         try:
             return rx.bytes_available_to_read() == 0

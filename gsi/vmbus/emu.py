@@ -229,10 +229,10 @@ def create_guest_channel(path: str, ring_size: int = DEFAULT_RING_SIZE) -> RingC
     rx = rings.rx
 
     def interrupt_taken() -> None:  # hv_uio_channel_cb
-        rx.interrupt_mask = 1
+        rx.mask_interrupts(True)
 
     def irqcontrol_on() -> None:  # hv_uio_irqcontrol(1), before vmbus_setevent
-        rx.interrupt_mask = 0
+        rx.mask_interrupts(False)
 
     doorbell = FifoDoorbell(fds[0], fds[1], url, on_wake=interrupt_taken,
                             on_ring=irqcontrol_on)

@@ -297,6 +297,10 @@ class RingView:
         for mv in (self._data, self._ctl, self._mv):
             mv.release()
 
+    def mask_interrupts(self, masked: bool) -> None:
+        """Store ``interrupt_mask`` 1 or 0 (the per-message path: no range check)."""
+        _U32.pack_into(self._ctl, INTERRUPT_MASK_OFFSET, 1 if masked else 0)
+
     def control(self) -> tuple[int, int, int, int]:
         """One raw snapshot of ``(write_index, read_index, interrupt_mask,
         pending_send_sz)``, unvalidated: one load where several fields are needed."""
