@@ -145,6 +145,53 @@ def test_wrap_around(start: int, what: str) -> None:
     assert ring.read_index == ring.write_index
 
 
+@pytest.mark.parametrize("start", [DATA - 8, DATA - 16, DATA - 24, DATA - 40, DATA - 56, 0])
+def test_batch_read_across_the_wrap(start: int) -> None:
+    """read_packets: descriptors parsed in place or split, payloads copied whole or in two
+    pieces, read_index stored once after the last packet, and exact bytes on the way in."""
+    buf, ring = make_ring()
+    set_indices(buf, write=start, read=start)
+    payloads = [bytes(range(1, 28)), b"", bytes(range(100, 109)), b"\xff" * 40]
+    at = start
+    for i, payload in enumerate(payloads):
+        assert ring.append_packet(memoryview(bytearray(payload)), trans_id=i) == at
+        assert ring_bytes(buf, at, packet_ring_bytes(len(payload))) == expected_packet(
+            payload, start=at, trans_id=i)
+        at = (at + packet_ring_bytes(len(payload))) % DATA
+    assert ring.write_index == at and ring.read_index == start
+    total = sum(packet_ring_bytes(len(p)) for p in payloads)
+    first, taken = ring.read_packets(limit=1)
+    assert [p.payload for p in first] == [payloads[0] + bytes(5)]
+    assert taken == 56 and ring.read_index == (start + 56) % DATA
+    rest, taken = ring.read_packets()
+    assert [(p.trans_id, p.payload) for p in rest] == [
+        (i, p + bytes(-len(p) % 8)) for i, p in enumerate(payloads) if i]
+    assert taken == total - 56 and ring.read_index == ring.write_index
+    assert ring.read_packets() == ([], 0)
+
+
+def test_batch_read_consumes_nothing_on_a_bad_packet() -> None:
+    buf, ring = make_ring()
+    ring.write_packet(b"good", trans_id=1)
+    bad_at = ring.write_index
+    buf[CTL + bad_at : CTL + bad_at + 16] = struct.pack("<HHHHQ", 6, 1, 3, 0, 0)
+    ring.write_index = bad_at + 24
+    with pytest.raises(RingError, match="offset8 1 below 2"):
+        ring.read_packets()
+    assert ring.read_index == 0  # not even the good packet before it
+    assert ring.read_packets(limit=1)[0][0].payload == b"good\0\0\0\0"
+
+
+def test_control_snapshot() -> None:
+    buf, ring = make_ring()
+    struct.pack_into("<IIII", buf, 0, 0x10, 0x28, 1, 0x300)
+    assert ring.control() == (0x10, 0x28, 1, 0x300)
+    ring.mask_interrupts(False)
+    assert ring.control() == (0x10, 0x28, 0, 0x300) and ring.interrupt_mask == 0
+    ring.mask_interrupts(True)
+    assert struct.unpack_from("<I", buf, 8) == (1,)
+
+
 def test_trailer_never_splits() -> None:
     # Indices and lengths are multiples of 8 and so is the data size: a trailer (8 bytes,
     # 8-aligned) always lies wholly before the wrap or wholly after it.

@@ -24,7 +24,8 @@ from gsi.protocol import GuestConnection
 from gsi.server import Receiver, ReceiverConfig
 from gsi.session import Session
 from gsi.transports import TransportError, connect, listener_url, open_listeners
-from gsi.vmbus import RingStream
+from gsi.vmbus import RingStream, attach_host_channel, create_guest_channel
+from gsi.vmbus.emu import WATCHDOG_INTERVAL
 from host_sim import HostClient, open_host
 from host_sim.vmbus_emu import EmulatedHost, attach_emulated_host
 
@@ -396,6 +397,49 @@ async def test_a_host_notices_the_receiver_is_gone(tmp_path: Path) -> None:
                 await client.negotiate()
         finally:
             await host.aclose()
+
+
+async def test_a_host_wait_wakes_on_its_timer_and_checks_the_receiver(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """With no signal, the host's timer (one system task per channel, not a cancel scope
+    per wait) wakes a waiting host within an interval; the watchdog runs after waking."""
+    path = str(tmp_path / "ring")
+    guest = create_guest_channel(path)
+    host = attach_host_channel(path)
+    try:
+        for _ in range(3):  # nobody signals: each wait returns on the timer's kick
+            with trio.fail_after(WATCHDOG_INTERVAL * 1.5):
+                await host.wait()
+        assert host.broken is None and host.rings.rx.bytes_available_to_read() == 0
+        guest.close()  # the receiver is gone: its lock is released
+        with pytest.raises(trio.BrokenResourceError, match="receiver is gone"):
+            with trio.fail_after(WATCHDOG_INTERVAL * 3):
+                while True:
+                    await host.wait()
+    finally:
+        host.close()
+        guest.close()
+
+
+async def test_the_host_end_hands_out_messages_without_padding_in_any_sizes(
+        tmp_path: Path) -> None:
+    path = str(tmp_path / "ring")
+    guest = create_guest_channel(path)
+    stream = RingStream(attach_host_channel(path), owns_channel=True)
+    first = message(0, b"abc", tid=1)  # 31 bytes: the ring pads it to 32
+    second = message(0, b"0123456789abcdef", tid=2)  # 44 bytes, no padding
+    try:
+        with trio.fail_after(5):
+            assert guest.try_write(first)
+            guest.flush_signal()
+            assert await stream.receive_some() == first  # one message: as it came
+            assert guest.try_write(first) and guest.try_write(second + b"\xee" * 4)
+            guest.flush_signal()
+            assert await stream.receive_some(10) == first[:10]
+            assert await stream.receive_some(100) == first[10:] + second
+    finally:
+        await stream.aclose()
+        guest.close()
 
 
 def _leaves(group: BaseExceptionGroup[TransportError]) -> list[TransportError]:

@@ -34,7 +34,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from typing import Final, NoReturn, Protocol
+from typing import Final, NoReturn, Protocol, runtime_checkable
 
 import trio
 
@@ -85,6 +85,15 @@ class Doorbell(Protocol):
         """Release the plumbing; a pending ``wait`` raises trio.ClosedResourceError."""
 
 
+@runtime_checkable
+class Kickable(Protocol):
+    """A doorbell that can also wake its own waiter (a spurious interrupt), so that a
+    channel can check on a timer without a cancel scope around every wait."""
+
+    def kick(self) -> None:
+        """Make a pending or the next ``wait`` return; never raises."""
+
+
 class RingChannel:
     """One end of a channel: rings, doorbell and the state that outlives a session.
 
@@ -98,6 +107,12 @@ class RingChannel:
         watchdog: called every ``watchdog_interval`` seconds while waiting; raises
             trio.BrokenResourceError if the peer is gone. It does not end the wait.
         on_close: releases the mapping, after the rings are released.
+
+    The timer (``recheck_interval`` or the watchdog's) costs a cancel scope around
+    every wait (several microseconds, a large part of a message), unless the doorbell is
+    :class:`Kickable`: then one system task per channel kicks a waiter once per interval,
+    and a waiter runs the watchdog after waking when an interval has passed since the
+    last check (so a peer that is gone is noticed within two intervals).
     """
 
     def __init__(self, rings: ChannelRings, doorbell: Doorbell, *, guest: bool, name: str,
@@ -120,7 +135,11 @@ class RingChannel:
         self._unsignalled = False
         self._tx_lock = trio.Lock()
         self._waiting = False
-        self._woken = trio.Event()
+        self._woken: trio.Event | None = None  # made when a second task waits
+        self._kick = doorbell.kick if isinstance(doorbell, Kickable) else None
+        self._ticker: trio.CancelScope | None = None
+        self._ticker_run: trio.lowlevel.TrioToken | None = None
+        self._watch_due = -math.inf
 
     def check_usable(self) -> None:
         if self.closed:
@@ -140,29 +159,65 @@ class RingChannel:
         """Until the peer signals (or spuriously). Any number of tasks may wait: one
         waits on the doorbell and wakes the others, who then all look again."""
         if self._waiting:
+            if self._woken is None:
+                self._woken = trio.Event()
             await self._woken.wait()
             return
         self._waiting = True
         try:
-            while True:
-                with trio.move_on_after(self._interval) as scope:
-                    try:
-                        await self.doorbell.wait()
-                    except trio.BrokenResourceError as exc:
-                        self._fail(str(exc))  # rescinded: never wait on it again
-                if not scope.cancelled_caught:
-                    return
-                if self._watchdog is not None:
-                    try:
-                        self._watchdog()
-                    except trio.BrokenResourceError as exc:
-                        self._fail(str(exc))
-                if self._recheck is not None:
-                    return
+            if self._interval == math.inf:  # nothing on a timer: no cancel scope to pay
+                await self._wait_doorbell()
+            elif self._kick is not None:
+                self._start_ticker()
+                await self._wait_doorbell()
+                if self._watchdog is not None and trio.current_time() >= self._watch_due:
+                    self._watch_due = trio.current_time() + self._interval
+                    self._check_peer()
+            else:
+                await self._wait_timed()
         finally:
             self._waiting = False
-            woken, self._woken = self._woken, trio.Event()
-            woken.set()
+            if self._woken is not None:
+                self._woken.set()
+                self._woken = None
+
+    async def _wait_timed(self) -> None:
+        while True:
+            with trio.move_on_after(self._interval) as scope:
+                await self._wait_doorbell()
+            if not scope.cancelled_caught:
+                return
+            self._check_peer()
+            if self._recheck is not None:
+                return
+
+    def _check_peer(self) -> None:
+        if self._watchdog is not None:
+            try:
+                self._watchdog()
+            except trio.BrokenResourceError as exc:
+                self._fail(str(exc))
+
+    def _start_ticker(self) -> None:
+        """The system task that kicks a waiter every interval, once per trio run."""
+        run = trio.lowlevel.current_trio_token()
+        if self._ticker_run is not run:
+            self._ticker_run, self._ticker = run, trio.CancelScope()
+            trio.lowlevel.spawn_system_task(self._tick, self._ticker,
+                                            name=f"{self.name} timer")
+
+    async def _tick(self, scope: trio.CancelScope) -> None:
+        with scope:
+            while not self.closed:
+                await trio.sleep(self._interval)
+                if self._waiting and self._kick is not None:
+                    self._kick()
+
+    async def _wait_doorbell(self) -> None:
+        try:
+            await self.doorbell.wait()
+        except trio.BrokenResourceError as exc:
+            self._fail(str(exc))  # rescinded: never wait on it again
 
     def signal_peer(self) -> None:
         try:
@@ -182,18 +237,13 @@ class RingChannel:
         """Consume every packet in the RX ring (at most ``limit``); signal a writer
         waiting for room."""
         rx = self.rings.rx
-        packets: list[Packet] = []
         try:
-            start = rx.read_index
-            while limit is None or len(packets) < limit:
-                packet = rx.read_packet()
-                if packet is None:
-                    break
-                packets.append(packet)
-            if packets:
-                consumed = (rx.read_index - start) % rx.data_size
+            packets, consumed = rx.read_packets(limit)
+            if consumed:
                 full_barrier()
-                if need_signal_after_read(
+                # A writer that waits for room has set pending_send_sz: only then is the
+                # rest of the rule worth reading (it is False when that is 0).
+                if rx.pending_send_sz and need_signal_after_read(
                         feature_bits=rx.feature_bits, pending_send_sz=rx.pending_send_sz,
                         write_space=rx.bytes_available_to_write(), bytes_read=consumed):
                     self.signal_peer()
@@ -219,8 +269,7 @@ class RingChannel:
     def ready_to_sleep(self) -> bool:
         """Unmask RX interrupts, then look again: True if the RX ring is still empty."""
         rx = self.rings.rx
-        if rx.interrupt_mask != 0:
-            rx.interrupt_mask = 0
+        rx.mask_interrupts(False)
         full_barrier()
         try:
             return rx.bytes_available_to_read() == 0
@@ -229,7 +278,8 @@ class RingChannel:
 
     # -- writing ------------------------------------------------------------------
 
-    def try_write(self, payload: bytes, *, trans_id: int | None = None, flags: int = 0,
+    def try_write(self, payload: bytes | bytearray | memoryview, *,
+                  trans_id: int | None = None, flags: int = 0,
                   packet_type: int = VM_PKT_DATA_INBAND) -> bool:
         """Write one packet now if it fits; False if the ring is full.
 
@@ -241,8 +291,7 @@ class RingChannel:
         if trans_id is None:
             trans_id = VMBUS_RQST_ERROR if self.guest else self._next_trans_id
         try:
-            old = tx.write_index
-            tx.write_packet(payload, trans_id=trans_id, flags=flags, type=packet_type)
+            old = tx.append_packet(payload, trans_id=trans_id, flags=flags, type=packet_type)
         except RingFull:
             return False
         except RingError as exc:
@@ -255,12 +304,14 @@ class RingChannel:
             self._unsignalled = True
         else:
             full_barrier()
-            if need_signal_after_write(old_write_index=old, read_index=tx.read_index,
-                                       interrupt_mask=tx.interrupt_mask):
+            _, read_index, interrupt_mask, _ = tx.control()
+            if need_signal_after_write(old_write_index=old, read_index=read_index,
+                                       interrupt_mask=interrupt_mask):
                 self._unsignalled = True
         return True
 
-    async def write(self, payload: bytes, *, trans_id: int | None = None, flags: int = 0,
+    async def write(self, payload: bytes | bytearray | memoryview, *,
+                    trans_id: int | None = None, flags: int = 0,
                     packet_type: int = VM_PKT_DATA_INBAND) -> None:
         """Write one packet (see :meth:`try_write`), waiting for room while the ring is
         full. Not a checkpoint when the packet fits at once (the stream's methods are)."""
@@ -296,6 +347,8 @@ class RingChannel:
         if self.closed:
             return
         self.closed = True
+        if self._ticker is not None:
+            self._ticker.cancel()
         try:
             self.doorbell.close()
         finally:

@@ -99,6 +99,12 @@ class FifoDoorbell:
         with contextlib.suppress(BlockingIOError):  # full: signals are pending anyway
             os.write(self._ring_fd, b"\x01")
 
+    def kick(self) -> None:
+        """Wake this end's own waiter: a byte in the FIFO it waits on."""
+        with contextlib.suppress(OSError):  # closed, or full: a wake-up is pending anyway
+            if self._wait_fd >= 0:
+                os.write(self._wait_fd, b"\x01")
+
     def close(self) -> None:
         fds = (self._wait_fd, self._ring_fd)
         self._wait_fd = self._ring_fd = -1
@@ -223,10 +229,10 @@ def create_guest_channel(path: str, ring_size: int = DEFAULT_RING_SIZE) -> RingC
     rx = rings.rx
 
     def interrupt_taken() -> None:  # hv_uio_channel_cb
-        rx.interrupt_mask = 1
+        rx.mask_interrupts(True)
 
     def irqcontrol_on() -> None:  # hv_uio_irqcontrol(1), before vmbus_setevent
-        rx.interrupt_mask = 0
+        rx.mask_interrupts(False)
 
     doorbell = FifoDoorbell(fds[0], fds[1], url, on_wake=interrupt_taken,
                             on_ring=irqcontrol_on)

@@ -40,13 +40,17 @@ available, rejects ``offset8 < 2`` and ``offset8 > len8``, copies ``len8 * 8`` b
 the trailer (which it ignores), then publishes the new ``read_index`` last.
 
 Memory ordering: Python has no barriers. The writer stores the packet before it stores
-``write_index`` and the reader copies the packet out before it stores ``read_index``; each
-index is read once per operation into a local snapshot and every length is decoded from a
-private copy. On x86-64 (TSO: stores are not reordered with older stores, loads not with
-older loads) that program order is what the C code's compiler barriers guarantee. The
-copies also mean a host that rewrites the ring mid-read can only garble the payload,
-never make this code read out of bounds: every index and length is checked first and a
-bad one raises :class:`RingError`.
+``write_index`` and the reader copies the packet out before it stores ``read_index``; both
+indices are loaded once per operation (one ``struct`` unpack) into a local snapshot and
+every descriptor field is loaded once into a local (unpacked in place, or from a copy of
+the 16 bytes when the end of the data area splits them). On x86-64 (TSO: stores are not
+reordered with older stores, loads not with older loads) that program order is what the
+C code's compiler barriers guarantee. The snapshots also mean a host that rewrites the
+ring mid-read can only garble the payload, never make this code read out of bounds: every
+index and length is checked first and a bad one raises :class:`RingError`.
+
+Cost: a packet's payload is copied once each way (straight between the caller's buffer
+and the ring, in two pieces where it wraps), and a batch read stores ``read_index`` once.
 
 Deliberate differences from the C readers: a packet whose descriptor or trailer is not
 fully available (``0 < available < len8 * 8 + 8``) is an error here, not EAGAIN, because a
@@ -84,10 +88,16 @@ PENDING_SEND_SZ_OFFSET: Final = 12
 FEATURE_BITS_OFFSET: Final = 64
 
 _U32: Final = struct.Struct("<I")
+#: ``write_index``, ``read_index``: one snapshot of both with one unpack.
+_INDICES: Final = struct.Struct("<II")
+#: ``write_index``, ``read_index``, ``interrupt_mask``, ``pending_send_sz``.
+_CONTROL: Final = struct.Struct("<IIII")
 _DESCRIPTOR: Final = struct.Struct("<HHHHQ")
 _TRAILER: Final = struct.Struct("<Q")
 _MIN_OFFSET8: Final = DESCRIPTOR_SIZE // 8
 _U32_MAX: Final = 0xFFFF_FFFF
+_U64_MAX: Final = 0xFFFF_FFFF_FFFF_FFFF
+_PADDING: Final = bytes(8)
 
 #: Anything this module can work over: an ``mmap`` of ``/dev/uioN``, a ``bytearray`` in
 #: tests and emulators, or a writable ``memoryview`` of either.
@@ -221,7 +231,8 @@ class RingView:
         return self._data_size
 
     def _get(self, off: int) -> int:
-        return int(_U32.unpack_from(self._ctl, off)[0])
+        value: int = _U32.unpack_from(self._ctl, off)[0]
+        return value
 
     def _set(self, name: str, off: int, value: int) -> None:
         _check_u32(name, value)
@@ -286,16 +297,28 @@ class RingView:
         for mv in (self._data, self._ctl, self._mv):
             mv.release()
 
-    def _index(self, name: str, value: int) -> int:
+    def mask_interrupts(self, masked: bool) -> None:
+        """Store ``interrupt_mask`` 1 or 0 (the per-message path: no range check)."""
+        _U32.pack_into(self._ctl, INTERRUPT_MASK_OFFSET, 1 if masked else 0)
+
+    def control(self) -> tuple[int, int, int, int]:
+        """One raw snapshot of ``(write_index, read_index, interrupt_mask,
+        pending_send_sz)``, unvalidated: one load where several fields are needed."""
+        w, r, mask, pending = _CONTROL.unpack_from(self._ctl)
+        return w, r, mask, pending
+
+    def _index(self, name: str, value: int) -> None:
         if value >= self._data_size or value % 8:
             raise RingError(f"{name} {value:#x} invalid for a {self._data_size:#x}-byte ring")
-        return value
 
     def _indices(self) -> tuple[int, int]:
-        """One validated snapshot of (write_index, read_index)."""
-        return self._index("write_index", self.write_index), self._index(
-            "read_index", self.read_index
-        )
+        """One validated snapshot of (write_index, read_index), both read at once."""
+        w, r = _INDICES.unpack_from(self._ctl)
+        size = self._data_size
+        if w >= size or r >= size or (w | r) & 7:
+            self._index("write_index", w)
+            self._index("read_index", r)
+        return w, r
 
     def bytes_available_to_read(self) -> int:
         """Published bytes not yet consumed (``vmbus_br_availread``).
@@ -325,29 +348,41 @@ class RingView:
         return self._copy_out(start, n)
 
     def _copy_out(self, start: int, n: int) -> bytes:
+        """``n`` bytes from data offset ``start``, wrapping: one copy either way."""
         end = start + n
         if end <= self._data_size:
-            return bytes(self._data[start:end])
-        first = self._data_size - start
-        return bytes(self._data[start:]) + bytes(self._data[: n - first])
+            return self._data[start:end].tobytes()
+        return b"".join((self._data[start:], self._data[: end - self._data_size]))
 
-    def _copy_in(self, start: int, src: bytes | bytearray) -> None:
+    def _copy_in(self, start: int, src: bytes | bytearray | memoryview) -> None:
+        """``src`` to data offset ``start``, wrapping: one copy either way."""
         n = len(src)
-        first = min(n, self._data_size - start)
-        self._data[start : start + first] = src[:first]
-        if first < n:
-            self._data[: n - first] = src[first:]
+        first = self._data_size - start
+        if n <= first:
+            self._data[start : start + n] = src
+        else:
+            with memoryview(src) as view:
+                self._data[start:] = view[:first]
+                self._data[: n - first] = view[first:]
 
-    def _parse_next(self) -> tuple[Packet, int] | None:
-        w, r = self._indices()
-        avail = (w - r) % self._data_size
-        if avail == 0:
-            return None
+    def _parse_at(self, r: int, avail: int) -> tuple[Packet, int]:
+        """The packet at data offset ``r``, with ``avail`` > 0 bytes published from there:
+        the packet (its payload copied out once) and the ring bytes it takes, trailer
+        included.
+
+        The descriptor is decoded in place (its fields loaded once, into locals) unless
+        the end of the data area splits it; so is the payload, copied in two pieces only
+        when it wraps.
+        """
         if avail < DESCRIPTOR_SIZE + TRAILER_SIZE:
             raise RingError(f"{avail} bytes published, less than a descriptor and trailer")
-        ptype, offset8, len8, flags, trans_id = _DESCRIPTOR.unpack(
-            self._copy_out(r, DESCRIPTOR_SIZE)
-        )
+        size = self._data_size
+        if r + DESCRIPTOR_SIZE <= size:
+            ptype, offset8, len8, flags, trans_id = _DESCRIPTOR.unpack_from(self._data, r)
+        else:
+            ptype, offset8, len8, flags, trans_id = _DESCRIPTOR.unpack(
+                self._copy_out(r, DESCRIPTOR_SIZE)
+            )
         if offset8 < _MIN_OFFSET8:
             raise RingError(f"descriptor offset8 {offset8} below {_MIN_OFFSET8}")
         if offset8 > len8:
@@ -357,10 +392,10 @@ class RingView:
             raise RingError(
                 f"packet of {pkt_len} bytes + trailer exceeds the {avail} bytes published"
             )
-        hdr_len = offset8 * 8
-        payload = self._copy_out((r + hdr_len) % self._data_size, pkt_len - hdr_len)
+        start = (r + offset8 * 8) % size
+        payload = self._copy_out(start, pkt_len - offset8 * 8)
         packet = Packet(type=ptype, flags=flags, trans_id=trans_id, payload=payload)
-        return packet, (r + pkt_len + TRAILER_SIZE) % self._data_size
+        return packet, pkt_len + TRAILER_SIZE
 
     def peek_packet(self) -> Packet | None:
         """The next packet, without consuming it; None when the ring is empty.
@@ -368,8 +403,9 @@ class RingView:
         Raises:
             RingError: corrupt indices or descriptor (see :meth:`read_packet`).
         """
-        parsed = self._parse_next()
-        return None if parsed is None else parsed[0]
+        w, r = self._indices()
+        avail = (w - r) % self._data_size
+        return self._parse_at(r, avail)[0] if avail else None
 
     def read_packet(self) -> Packet | None:
         """Copy out and consume the next packet; None when the ring is empty.
@@ -382,12 +418,32 @@ class RingView:
                 published, ``offset8 < 2``, ``offset8 > len8``, or ``len8 * 8 + 8`` more
                 than the bytes published.
         """
-        parsed = self._parse_next()
-        if parsed is None:
-            return None
-        packet, next_read = parsed
-        self.read_index = next_read
-        return packet
+        packets, _ = self.read_packets(1)
+        return packets[0] if packets else None
+
+    def read_packets(self, limit: int | None = None) -> tuple[list[Packet], int]:
+        """Copy out and consume the packets published at one look at ``write_index`` (at
+        most ``limit``): the packets and the ring bytes they took.
+
+        Every packet is checked as in :meth:`read_packet`; ``read_index`` is stored once,
+        after the last one has been copied out. Nothing is consumed when an error is
+        raised, not even the good packets before the bad one.
+
+        Raises:
+            RingError: as :meth:`read_packet`.
+        """
+        w, r = self._indices()
+        size = self._data_size
+        avail = (w - r) % size
+        packets: list[Packet] = []
+        consumed = 0
+        while avail > consumed and (limit is None or len(packets) < limit):
+            packet, taken = self._parse_at((r + consumed) % size, avail - consumed)
+            packets.append(packet)
+            consumed += taken
+        if consumed:
+            _U32.pack_into(self._ctl, READ_INDEX_OFFSET, (r + consumed) % size)
+        return packets, consumed
 
     def write_packet(
         self,
@@ -400,7 +456,7 @@ class RingView:
         """Append one packet (``offset8`` = 2) and publish it.
 
         Writes descriptor, payload, zero padding and trailer, then stores ``write_index``
-        last. On any exception the ring is unchanged.
+        last. On any exception nothing is published.
 
         Returns:
             whether the consumer needs an interrupt by the kernel's rule
@@ -412,32 +468,61 @@ class RingView:
             RingError: the ring's indices are corrupt.
             ValueError: a field out of range, or a packet this ring can never hold.
         """
-        for name, value, limit in (
-            ("type", type, 0xFFFF),
-            ("flags", flags, 0xFFFF),
-            ("trans_id", trans_id, 0xFFFF_FFFF_FFFF_FFFF),
-        ):
-            if not 0 <= value <= limit:
-                raise ValueError(f"{name} out of range: {value!r}")
-        total = packet_ring_bytes(len(payload))
+        w = self.append_packet(payload, trans_id=trans_id, type=type, flags=flags)
+        _, r, mask, _ = self.control()
+        return need_signal_after_write(old_write_index=w, read_index=r, interrupt_mask=mask)
+
+    def append_packet(
+        self,
+        payload: bytes | bytearray | memoryview,
+        *,
+        trans_id: int,
+        type: int = VM_PKT_DATA_INBAND,
+        flags: int = 0,
+    ) -> int:
+        """:meth:`write_packet` without the signalling rule: the ``write_index`` the packet
+        starts at (what its trailer holds), for a caller that applies the rule itself.
+
+        The packet goes straight into the ring (the payload copied once) unless it wraps
+        around the end of the data area.
+
+        Raises:
+            as :meth:`write_packet`.
+        """
+        if not (0 <= type <= 0xFFFF and 0 <= flags <= 0xFFFF and 0 <= trans_id <= _U64_MAX):
+            for name, value, limit in (
+                ("type", type, 0xFFFF),
+                ("flags", flags, 0xFFFF),
+                ("trans_id", trans_id, _U64_MAX),
+            ):
+                if not 0 <= value <= limit:
+                    raise ValueError(f"{name} out of range: {value!r}")
+        size = self._data_size
+        n = len(payload)
+        total = packet_ring_bytes(n)
         pkt_len = total - TRAILER_SIZE
-        if pkt_len > MAX_PACKET_SIZE or total >= self._data_size:
-            raise ValueError(
-                f"a {len(payload)}-byte payload can never fit a {self._data_size}-byte ring"
-            )
+        if pkt_len > MAX_PACKET_SIZE or total >= size:
+            raise ValueError(f"a {n}-byte payload can never fit a {size}-byte ring")
         w, r = self._indices()
-        free = self._data_size - (w - r) % self._data_size
+        free = size - (w - r) % size
         if free <= total:
             raise RingFull(f"{total} bytes needed, {free} free (must be more than needed)")
-        packet = bytearray(total)
-        _DESCRIPTOR.pack_into(packet, 0, type, _MIN_OFFSET8, pkt_len // 8, flags, trans_id)
-        packet[DESCRIPTOR_SIZE : DESCRIPTOR_SIZE + len(payload)] = payload
-        _TRAILER.pack_into(packet, pkt_len, w << 32)
-        self._copy_in(w, packet)
-        self.write_index = (w + total) % self._data_size
-        return need_signal_after_write(
-            old_write_index=w, read_index=self.read_index, interrupt_mask=self.interrupt_mask
-        )
+        # Straight into the ring, each piece split in two only where the end of the data
+        # area cuts it (the trailer, 8-aligned, never is).
+        if w + DESCRIPTOR_SIZE <= size:
+            _DESCRIPTOR.pack_into(self._data, w, type, _MIN_OFFSET8, pkt_len // 8, flags,
+                                  trans_id)
+        else:
+            self._copy_in(w, _DESCRIPTOR.pack(type, _MIN_OFFSET8, pkt_len // 8, flags,
+                                               trans_id))
+        at = (w + DESCRIPTOR_SIZE) % size
+        self._copy_in(at, payload)
+        pad = pkt_len - DESCRIPTOR_SIZE - n
+        if pad:
+            self._copy_in((at + n) % size, _PADDING[:pad])
+        _TRAILER.pack_into(self._data, (w + pkt_len) % size, w << 32)
+        _U32.pack_into(self._ctl, WRITE_INDEX_OFFSET, (w + total) % size)
+        return w
 
 
 class ChannelRings:

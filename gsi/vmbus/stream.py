@@ -95,9 +95,8 @@ class RingStream(trio.abc.HalfCloseableStream):
         self.channel = channel
         self._owns = owns_channel
         self._on_close = on_close
-        self._inbuf = bytearray()  # host end
         self._out = Framer(MAX_PACKET_SIZE)  # host end
-        self._ready: deque[bytes] = deque()  # guest end: drained, not yet handed out
+        self._ready: deque[bytes] = deque()  # drained, not yet handed out
         self._unanswered: bytes | None = None  # guest end: handed out, no answer yet
         self._core: GuestConnection | None = None
         self._closed = False
@@ -105,6 +104,7 @@ class RingStream(trio.abc.HalfCloseableStream):
         self._receiving = False
         self._sending = False
         self._busy_poll = 0.0
+        self._scheduled = False  # a receive took a schedule point since the last send
 
     @property
     def closed(self) -> bool:
@@ -144,7 +144,7 @@ class RingStream(trio.abc.HalfCloseableStream):
         waited = False
         try:
             self._unanswered = None  # the last message had no answer (too short)
-            while not (self._ready if self.channel.guest else self._inbuf):
+            while not self._ready:
                 self._check_open()
                 packets = self.channel.read_packets()
                 if packets:
@@ -159,14 +159,20 @@ class RingStream(trio.abc.HalfCloseableStream):
                         await self.channel.wait()
             if not waited:
                 await trio.lowlevel.cancel_shielded_checkpoint()
+            self._scheduled = True
         finally:
             self._receiving = False
+        ready = self._ready
         if self.channel.guest:
-            self._unanswered = self._ready.popleft()
+            self._unanswered = ready.popleft()
             return self._unanswered
-        n = len(self._inbuf) if max_bytes is None else min(max_bytes, len(self._inbuf))
-        data = bytes(self._inbuf[:n])
-        del self._inbuf[:n]
+        if len(ready) == 1 and (max_bytes is None or len(ready[0]) <= max_bytes):
+            return ready.popleft()  # the usual case: one message, not copied again
+        data = b"".join(ready)
+        ready.clear()
+        if max_bytes is not None and len(data) > max_bytes:
+            ready.append(data[max_bytes:])
+            data = data[:max_bytes]
         return data
 
     def _ingest(self, packets: list[Packet]) -> None:
@@ -183,21 +189,29 @@ class RingStream(trio.abc.HalfCloseableStream):
                 self._ready.append(payload)
             else:  # one message per packet, its padding cut off for the host's framer
                 size = message_size(payload)
-                self._inbuf += payload if size is None else payload[:size]
+                self._ready.append(payload if size is None or size == len(payload)
+                                   else payload[:size])
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self._sending:
             raise trio.BusyResourceError("another task is already sending")
         self._sending = True
         try:
-            await trio.lowlevel.checkpoint()
+            # A cancel point always; a schedule point only when no receive took one since
+            # the last send: in a request/answer loop a loop turn per send would double
+            # the turns (one is several microseconds), and each receive takes one.
+            if self._scheduled:
+                self._scheduled = False
+                await trio.lowlevel.checkpoint_if_cancelled()
+            else:
+                await trio.lowlevel.checkpoint()
             self._check_open()
             if self._eof_sent:
                 raise trio.ClosedResourceError("send_eof() was called")
             if not data:
                 return
             if self.channel.guest:
-                await self._send_answer(bytes(data))
+                await self._send_answer(data)
                 return
             self._out.feed(data)
             while True:
@@ -213,11 +227,13 @@ class RingStream(trio.abc.HalfCloseableStream):
         finally:
             self._sending = False
 
-    async def _send_answer(self, answer: bytes) -> None:
-        """The answer to the message handed out last, as one packet."""
+    async def _send_answer(self, answer: bytes | bytearray | memoryview) -> None:
+        """The answer to the message handed out last, as one packet (copied into the
+        ring as it is)."""
         if log.isEnabledFor(logging.DEBUG):
             _log_packet(self.channel.name, "out", Packet(
-                type=VM_PKT_DATA_INBAND, flags=0, trans_id=VMBUS_RQST_ERROR, payload=answer))
+                type=VM_PKT_DATA_INBAND, flags=0, trans_id=VMBUS_RQST_ERROR,
+                payload=bytes(answer)))
         await self.channel.write(answer)
         self._unanswered = None
         if not self._ready:  # else after the answers to the rest of what was drained
