@@ -51,6 +51,7 @@ from .events import (
 from .logsafe import escape
 from .protocol import GuestConnection
 from .sink_api import Buffer, Sink, SinkCopy
+from .transports.base import raw_socket
 from .writer import GATHERED, CopyWriter, WriterThread
 
 log = logging.getLogger("gsi.receiver")
@@ -63,15 +64,6 @@ _DRAIN_TRIES: Final = 4
 """Further receives, without waiting, after one that found data (see Session._drain)."""
 _DRAIN_ROOM: Final = 64 * 1024
 """Free buffer space below which the session does not try a further receive."""
-
-
-def _raw_socket(stream: trio.abc.Stream) -> socket.socket | None:
-    """The non-blocking stdlib socket under a trio SocketStream, else None (other streams
-    are read with ``receive_some``)."""
-    if type(stream) is not trio.SocketStream:
-        return None
-    sock = getattr(stream.socket, "_sock", None)
-    return sock if isinstance(sock, socket.socket) else None
 
 
 @runtime_checkable
@@ -157,7 +149,7 @@ class Session:
         self.gather_bytes = gather_bytes
         self._writer: CopyWriter | None = None
         self._thread = WriterThread()
-        self._sock = _raw_socket(stream)
+        self._sock = raw_socket(stream)
         self._streak = 0
         self.copy: SinkCopy | None = None
         self._feed: Callable[[bytes | bytearray | memoryview], None] = connection.receive_data
