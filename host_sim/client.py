@@ -30,7 +30,7 @@ from gsi.constants import (
     describe_status,
 )
 from gsi.errors import CopyFailed, ProtocolError
-from gsi.transports import connect
+from gsi.transports import connect, raw_socket
 
 from .protocol import MAX_WINDOW, Answer, HostConnection
 from .sender import DataSender, Progress
@@ -95,6 +95,7 @@ class HostClient:
         # On a socket, answers are received into one reused buffer (the connection
         # copies what it keeps); other streams hand out fresh bytes.
         self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
+        self._raw = raw_socket(stream)
         self._received = memoryview(bytearray(RECEIVE_SIZE if self._socket else 0))
 
     async def aclose(self) -> None:
@@ -206,7 +207,8 @@ class HostClient:
     async def _send_data(self, f: io.RawIOBase, size: int, window: int,
                          progress: Progress | None) -> None:
         sender = DataSender(self.conn, send=self.send, receive=self.receive,
-                            poll=self.poll_answer, check=self._check)
+                            poll=self.poll_answer, check=self._check, sock=self._raw,
+                            buffer=self._received)
         with surface_errors():
             await sender.run(f, size, window, progress)
 

@@ -60,9 +60,11 @@ from gsi.names import encode_name
 
 from .answers import Answer, Reply, Request, WriteRange
 
-__all__ = ["MAX_WINDOW", "Answer", "HostConnection", "Reply", "Request"]
+__all__ = ["ID_SLOTS", "MAX_WINDOW", "Answer", "HostConnection", "Reply", "Request"]
 
 MAX_WINDOW = 255
+ID_SLOTS = 256
+"""Transaction ids (u8): :meth:`HostConnection.write_headers` keeps a prefix per id."""
 _RESPONSE = int(IcFlags.RESPONSE)  # a plain int: IntFlag arithmetic costs a microsecond
 _WRITE = Operation.WRITE_TO_FILE.name
 _ANSWER_HEAD = struct.Struct("<II12xIBB")
@@ -214,6 +216,25 @@ class HostConnection:
         step = length if stride is None else stride
         if count < 1 or step < length:
             raise ValueError(f"bad count {count} or stride {step} (WRITEs are {length} bytes)")
+        self._build_writes(buf, pos, step, offset, count)
+        return pos + (count - 1) * step + length
+
+    def write_headers(self, table: bytearray | memoryview, offset: int, count: int) -> int:
+        """The 80-byte prefixes of ``count`` full-size WRITEs, for file offsets ``offset``,
+        ``offset + fragment_size``..., each at ``80 * transaction id`` in ``table`` (256
+        prefixes): the caller sends each followed by its fragment of data. Recorded as
+        one range of ids, like :meth:`writes_into`; returns the first id. At most 255
+        are in flight, so a prefix is rewritten only once its WRITE was answered."""
+        if count < 1 or len(table) < ID_SLOTS * codec.WRITE_DATA_OFFSET:
+            raise ValueError(f"bad count {count} or table of {len(table)} bytes")
+        first = self._next_tid
+        self._build_writes(table, -1, 0, offset, count)
+        return first
+
+    def _build_writes(self, buf: bytearray | memoryview, pos: int, step: int, offset: int,
+                      count: int) -> None:
+        """WRITEs from the template, the n-th at ``pos + n * step`` (``pos`` < 0: at
+        ``80 * transaction id``), recorded as a range."""
         if self._count + count > min(self._limit, MAX_WINDOW):
             raise LocalProtocolError(f"at most {MAX_WINDOW} requests may be in flight")
         template = self._template or self._make_template()
@@ -223,7 +244,10 @@ class HostConnection:
         if run is None:
             run = self._tail = WriteRange(tid)
             self._in_flight.append(run)
+        by_id = pos < 0
         for _ in range(count):
+            if by_id:
+                pos = tid * head
             buf[pos:pos + head] = template
             buf[pos + _TID_OFFSET] = tid
             pack(buf, pos + fields, offset, frag)
@@ -233,7 +257,6 @@ class HostConnection:
         self._next_tid = tid
         run.count += count
         self._count += count
-        return pos - step + length
 
     def _make_template(self) -> bytes:
         self._template = codec.pack_write_prefix(

@@ -22,9 +22,13 @@ With a window of 1 exactly one WRITE is in flight and each goes out with its own
 
 from __future__ import annotations
 
+import errno
 import io
 import math
+import mmap
 import os
+import socket
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -33,7 +37,7 @@ import trio
 from gsi.codec import WRITE_DATA_OFFSET
 from gsi.errors import CopyFailed
 
-from .protocol import Answer, HostConnection
+from .protocol import ID_SLOTS, Answer, HostConnection
 
 Progress = Callable[[int, int], None]
 """Called with (bytes acknowledged, file size) after each batch of answers."""
@@ -117,19 +121,38 @@ class DataSender:
         poll: the next answer already received, or None (raises CopyFailed when the
             guest broke the protocol).
         check: raises CopyFailed for a failure answer.
+        sock: the raw non-blocking socket under the stream, if it is a plain socket
+            stream: a source that can be mapped then goes out as :class:`MappedCopy`.
+        buffer: where ``sock``'s answers are received.
     """
 
     def __init__(self, conn: HostConnection, *, send: Callable[[memoryview], Awaitable[None]],
                  receive: Callable[[], Awaitable[bytes | bytearray | memoryview]],
-                 poll: Callable[[], Answer | None], check: Callable[[Answer, str], None]) -> None:
+                 poll: Callable[[], Answer | None], check: Callable[[Answer, str], None],
+                 sock: socket.socket | None = None, buffer: memoryview | None = None,
+                 ) -> None:
         self.conn = conn
         self._send = send
         self._receive = receive
         self._poll = poll
         self._check = check
+        self._sock = sock
+        self._buffer = buffer
 
     async def run(self, f: io.RawIOBase, size: int, window: int,
                   progress: Progress | None) -> None:
+        if self._sock is not None and self._buffer is not None and \
+                (mm := map_source(f, size)) is not None:
+            try:
+                await MappedCopy(self.conn, self._sock, self._buffer, mm, f.fileno(), size,
+                                 window=window, poll=self._poll, check=self._check,
+                                 progress=progress).run()
+            finally:
+                try:
+                    mm.close()
+                except BufferError:  # a view still held by a traceback: closed when freed
+                    pass
+            return
         frag = self.conn.fragment_size
         fragments = math.ceil(size / frag)
         if fragments == 0:
@@ -199,3 +222,203 @@ class DataSender:
             credits.give_back(taken)
             if progress is not None:
                 progress(min(done * frag, size), size)
+
+
+POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)
+"""``madvise`` advice (Linux 5.14): fault the pages in; EFAULT past the end of the file."""
+MAP_BLOCK = 4 << 20
+"""Bytes of a mapped source made resident per hand-off to a worker thread."""
+MAP_AHEAD = 2
+"""Blocks made resident ahead of the one being sent."""
+DRAIN_TRIES = 4
+"""Receives tried without waiting after one that found answers."""
+
+
+def map_source(f: io.RawIOBase, size: int) -> mmap.mmap | None:
+    """``size`` bytes of ``f`` mapped read-only, or None where that cannot be done (not
+    Linux, an empty or shorter file, no mmap, no ``MADV_POPULATE_READ``)."""
+    if size == 0 or sys.platform != "linux":
+        return None
+    try:
+        mm = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)
+    except (OSError, ValueError, OverflowError):
+        return None
+    try:
+        mm.madvise(POPULATE_READ, 0, 0)  # EINVAL where the kernel lacks it
+    except OSError:
+        mm.close()
+        return None
+    return mm
+
+
+def _shrank(fd: int, size: int) -> CopyFailed:
+    return CopyFailed(f"the source shrank while it was read ({size - os.fstat(fd).st_size} "
+                      "bytes missing)")
+
+
+def _populate(mm: mmap.mmap, fd: int, size: int, start: int, end: int, dropped: int,
+              drop: int) -> None:
+    """Worker thread: make ``[start, end)`` of the mapping resident (a read of the disk
+    where it is not cached), and unmap ``[dropped, drop)``, already sent.
+
+    Raises:
+        CopyFailed: the file no longer reaches ``end``.
+    """
+    page = mmap.PAGESIZE
+    start -= start % page
+    try:
+        mm.madvise(POPULATE_READ, start, end - start)
+    except OSError as exc:
+        if exc.errno != errno.EFAULT:
+            raise
+        raise _shrank(fd, size) from exc
+    drop -= drop % page
+    if drop > dropped:
+        mm.madvise(mmap.MADV_DONTNEED, dropped, drop - dropped)
+
+
+class MappedCopy:
+    """The WRITEs of one copy from a mapped source over a raw non-blocking socket.
+
+    Each WRITE goes out as two pieces of one ``sendmsg``: its 80-byte prefix (from
+    :meth:`HostConnection.write_headers`' table, one per transaction id) and its data
+    straight from the mapping, so the kernel copies the file once, into the socket. A
+    worker thread makes the mapping resident a block ahead of the sender (so the loop
+    does not wait on the disk) and unmaps what was sent. Answers are received into one
+    reused buffer with ``recv_into`` and taken by :meth:`HostConnection.receive_data`;
+    the sender takes what is already there before each batch, and a second task waits
+    for answers while the sender waits: trio is waited on only on EAGAIN.
+    """
+
+    def __init__(self, conn: HostConnection, sock: socket.socket, buffer: memoryview,
+                 mm: mmap.mmap, fd: int, size: int, *, window: int,
+                 poll: Callable[[], Answer | None], check: Callable[[Answer, str], None],
+                 progress: Progress | None) -> None:
+        self.conn, self._sock, self._buf, self._mm, self._fd = conn, sock, buffer, mm, fd
+        self.size, self._poll, self._check, self._progress = size, poll, check, progress
+        self.fragments = math.ceil(size / conn.fragment_size)
+        self.credits, self.ready, self.sent, self.done = window, 0, 0, 0
+        self._sender: trio.Event | None = None
+        self._reader: trio.Event | None = None
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._read_ahead)
+            nursery.start_soon(self._receive_answers)
+            await self._send_writes()
+            while self.done < self.fragments:
+                await self._sleep()
+            nursery.cancel_scope.cancel()
+
+    async def _sleep(self) -> None:
+        """Wait until an answer or a resident block changes what the sender can do."""
+        self._sender = trio.Event()
+        await self._sender.wait()
+
+    @staticmethod
+    def _wake(event: trio.Event | None) -> None:
+        if event is not None:
+            event.set()
+
+    async def _read_ahead(self) -> None:
+        frag, dropped = self.conn.fragment_size, 0
+        for start in range(0, self.size, MAP_BLOCK):
+            while self.sent * frag + MAP_AHEAD * MAP_BLOCK < start:
+                self._reader = trio.Event()
+                await self._reader.wait()
+            end, drop = min(self.size, start + MAP_BLOCK), self.sent * frag
+            await trio.to_thread.run_sync(_populate, self._mm, self._fd, self.size, start,
+                                          end, dropped, drop)
+            dropped, self.ready = max(dropped, drop - drop % mmap.PAGESIZE), end
+            self._wake(self._sender)
+
+    async def _send_writes(self) -> None:
+        conn, frag, size, fragments = self.conn, self.conn.fragment_size, self.size, \
+            self.fragments
+        table = memoryview(bytearray(ID_SLOTS * WRITE_DATA_OFFSET))
+        prefixes = [table[i * WRITE_DATA_OFFSET:(i + 1) * WRITE_DATA_OFFSET]
+                    for i in range(ID_SLOTS)]
+        data = memoryview(self._mm)
+        last_full = size % frag == 0
+        sent = 0
+        while sent < fragments:
+            self._take()
+            ready = fragments if self.ready == size else self.ready // frag
+            batch = min(self.credits, ready - sent)
+            if batch <= 0:
+                await self._sleep()
+                continue
+            self.credits -= batch
+            offset = sent * frag
+            full = batch if last_full or sent + batch < fragments else batch - 1
+            iov: list[bytes | memoryview] = []
+            if full:
+                tid = conn.write_headers(table, offset, full)
+                for _ in range(full):
+                    iov += prefixes[tid], data[offset:offset + frag]
+                    tid = (tid + 1) & 0xFF
+                    offset += frag
+            if full < batch:
+                iov += conn.write_parts(offset, data[offset:size])
+            await self._sendmsg(iov)
+            sent += batch
+            self.sent = sent
+            self._wake(self._reader)
+
+    async def _sendmsg(self, iov: list[bytes | memoryview]) -> None:
+        sock = self._sock
+        while True:
+            try:
+                n = sock.sendmsg(iov)
+            except BlockingIOError:
+                n = 0
+            except OSError as exc:
+                if exc.errno == errno.EFAULT:  # the mapping no longer reaches the data
+                    raise _shrank(self._fd, self.size) from exc
+                raise CopyFailed(f"connection lost: {exc}") from exc
+            for i, piece in enumerate(iov):
+                if n < len(piece):
+                    del iov[:i]
+                    if n:
+                        iov[0] = iov[0][n:]
+                    break
+                n -= len(piece)
+            else:
+                return
+            await trio.lowlevel.wait_writable(sock)
+
+    async def _receive_answers(self) -> None:
+        while True:
+            await trio.lowlevel.wait_readable(self._sock)
+            self._take()
+
+    def _take(self) -> None:
+        """Take the answers already received, without waiting."""
+        sock, buf = self._sock, self._buf
+        for _ in range(DRAIN_TRIES):
+            try:
+                n = sock.recv_into(buf)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                raise CopyFailed(f"connection lost: {exc}") from exc
+            self._answers(buf[:n])
+            if n < len(buf) // 2:  # the rest has likely not arrived yet
+                return
+
+    def _answers(self, data: memoryview) -> None:
+        conn = self.conn
+        taken = conn.receive_data(data)
+        # Anything but a plain success comes out here (and ends the copy).
+        while self.done + taken < self.fragments and (answer := self._poll()) is not None:
+            self._check(answer, "WRITE")
+            taken += 1
+        if not taken:
+            if conn.closed:
+                raise CopyFailed("the guest closed the connection")
+            return
+        self.done += taken
+        self.credits += taken
+        self._wake(self._sender)
+        if self._progress is not None:
+            self._progress(min(self.done * self.conn.fragment_size, self.size), self.size)
