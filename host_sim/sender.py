@@ -281,13 +281,15 @@ class MappedCopy:
     """The WRITEs of one copy from a mapped source over a raw non-blocking socket.
 
     Each WRITE goes out as two pieces of one ``sendmsg``: its 80-byte prefix (from
-    :meth:`HostConnection.write_headers`' table, one per transaction id) and its data
-    straight from the mapping, so the kernel copies the file once, into the socket. A
-    worker thread makes the mapping resident a block ahead of the sender (so the loop
-    does not wait on the disk) and unmaps what was sent. Answers are received into one
-    reused buffer with ``recv_into`` and taken by :meth:`HostConnection.receive_data`;
-    the sender takes what is already there before each batch, and a second task waits
-    for answers while the sender waits: trio is waited on only on EAGAIN.
+    :attr:`HostConnection.prefixes`, one per transaction id, where only the offset
+    changes) and its data straight from the mapping, so the kernel copies the file once,
+    into the socket. A worker thread makes the mapping resident a block ahead of the
+    sender (so the loop does not wait on the disk) and unmaps what was sent. Answers are
+    received into one reused buffer with ``recv_into`` and taken by
+    :meth:`HostConnection.receive_data`. One task does the sending and the receiving,
+    and waits on trio only when the socket has nothing for it (EAGAIN) or every credit
+    is out; while a send waits for room, a helper task takes the answers meanwhile (the
+    guest may be waiting to send them before it reads on).
     """
 
     def __init__(self, conn: HostConnection, sock: socket.socket, buffer: memoryview,
@@ -299,21 +301,36 @@ class MappedCopy:
         self.fragments = math.ceil(size / conn.fragment_size)
         self.credits, self.ready, self.sent, self.done = window, 0, 0, 0
         self._sender: trio.Event | None = None
+        """Set when the sender, waiting on it, may go on."""
         self._reader: trio.Event | None = None
+        """Set when more was sent (the read-ahead waits on it)."""
+        self._help = trio.Event()
+        """Set while the sender waits for room: the helper takes the answers."""
+        self._helping = False
+        """The helper waits for answers: the sender waits on ``_sender`` for them."""
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._read_ahead)
-            nursery.start_soon(self._receive_answers)
+            nursery.start_soon(self._help_receive)
             await self._send_writes()
             while self.done < self.fragments:
-                await self._sleep()
+                await self._await_answers()
             nursery.cancel_scope.cancel()
 
     async def _sleep(self) -> None:
         """Wait until an answer or a resident block changes what the sender can do."""
         self._sender = trio.Event()
         await self._sender.wait()
+        self._sender = None
+
+    async def _await_answers(self) -> None:
+        """Wait for answers (some are due) and take them."""
+        if self._helping:
+            await self._sleep()
+        else:
+            await trio.lowlevel.wait_readable(self._sock)
+            self._take()
 
     @staticmethod
     def _wake(event: trio.Event | None) -> None:
@@ -335,10 +352,7 @@ class MappedCopy:
     async def _send_writes(self) -> None:
         conn, frag, size, fragments = self.conn, self.conn.fragment_size, self.size, \
             self.fragments
-        table = memoryview(bytearray(ID_SLOTS * WRITE_DATA_OFFSET))
-        prefixes = [table[i * WRITE_DATA_OFFSET:(i + 1) * WRITE_DATA_OFFSET]
-                    for i in range(ID_SLOTS)]
-        data = memoryview(self._mm)
+        prefixes, data = conn.prefixes, memoryview(self._mm)
         last_full = size % frag == 0
         sent = 0
         while sent < fragments:
@@ -346,14 +360,17 @@ class MappedCopy:
             ready = fragments if self.ready == size else self.ready // frag
             batch = min(self.credits, ready - sent)
             if batch <= 0:
-                await self._sleep()
+                if self.credits:
+                    await self._sleep()  # for the read-ahead
+                else:
+                    await self._await_answers()
                 continue
             self.credits -= batch
             offset = sent * frag
             full = batch if last_full or sent + batch < fragments else batch - 1
             iov: list[bytes | memoryview] = []
             if full:
-                tid = conn.write_headers(table, offset, full)
+                tid = conn.write_prefixes(offset, full)
                 for _ in range(full):
                     iov += prefixes[tid], data[offset:offset + frag]
                     tid = (tid + 1) & 0xFF
@@ -385,12 +402,23 @@ class MappedCopy:
                 n -= len(piece)
             else:
                 return
-            await trio.lowlevel.wait_writable(sock)
+            self._help.set()
+            try:
+                await trio.lowlevel.wait_writable(sock)
+            finally:
+                self._help = trio.Event()
 
-    async def _receive_answers(self) -> None:
+    async def _help_receive(self) -> None:
+        """Take the answers while the sender waits for room to send."""
         while True:
-            await trio.lowlevel.wait_readable(self._sock)
+            await self._help.wait()
+            self._helping = True
+            try:
+                await trio.lowlevel.wait_readable(self._sock)
+            finally:
+                self._helping = False
             self._take()
+            self._wake(self._sender)
 
     def _take(self) -> None:
         """Take the answers already received, without waiting."""
