@@ -226,7 +226,7 @@ class DataSender:
 
 POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)
 """``madvise`` advice (Linux 5.14): fault the pages in; EFAULT past the end of the file."""
-MAP_BLOCK = 4 << 20
+MAP_BLOCK = 8 << 20
 """Bytes of a mapped source made resident per hand-off to a worker thread."""
 MAP_AHEAD = 2
 """Blocks made resident ahead of the one being sent."""
@@ -353,6 +353,7 @@ class MappedCopy:
         conn, frag, size, fragments = self.conn, self.conn.fragment_size, self.size, \
             self.fragments
         prefixes, data = conn.prefixes, memoryview(self._mm)
+        sock, stride = self._sock, conn.write_length
         last_full = size % frag == 0
         sent = 0
         while sent < fragments:
@@ -377,22 +378,27 @@ class MappedCopy:
                     offset += frag
             if full < batch:
                 iov += conn.write_parts(offset, data[offset:size])
-            await self._sendmsg(iov)
+            try:
+                wrote = sock.sendmsg(iov)  # the whole batch, mostly
+            except BlockingIOError:
+                wrote = 0
+            except OSError as exc:
+                raise self._lost(exc) from exc
+            if wrote < full * stride or full < batch:
+                await self._send_rest(iov, wrote)
             sent += batch
             self.sent = sent
             self._wake(self._reader)
 
-    async def _sendmsg(self, iov: list[bytes | memoryview]) -> None:
+    def _lost(self, exc: OSError) -> CopyFailed:
+        if exc.errno == errno.EFAULT:  # the mapping no longer reaches the data
+            return _shrank(self._fd, self.size)
+        return CopyFailed(f"connection lost: {exc}")
+
+    async def _send_rest(self, iov: list[bytes | memoryview], n: int) -> None:
+        """Send what is left of ``iov`` after its first ``n`` bytes, waiting for room."""
         sock = self._sock
         while True:
-            try:
-                n = sock.sendmsg(iov)
-            except BlockingIOError:
-                n = 0
-            except OSError as exc:
-                if exc.errno == errno.EFAULT:  # the mapping no longer reaches the data
-                    raise _shrank(self._fd, self.size) from exc
-                raise CopyFailed(f"connection lost: {exc}") from exc
             for i, piece in enumerate(iov):
                 if n < len(piece):
                     del iov[:i]
@@ -407,6 +413,12 @@ class MappedCopy:
                 await trio.lowlevel.wait_writable(sock)
             finally:
                 self._help = trio.Event()
+            try:
+                n = sock.sendmsg(iov)
+            except BlockingIOError:
+                n = 0
+            except OSError as exc:
+                raise self._lost(exc) from exc
 
     async def _help_receive(self) -> None:
         """Take the answers while the sender waits for room to send."""
