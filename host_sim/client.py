@@ -4,8 +4,10 @@
 copies files one after another, like repeated Copy-VMFile calls. A copy is START,
 the file in fragments, COMPLETE. With ``window=1`` exactly one request is in flight
 at a time, like the real host; a larger window pipelines WRITEs. Reading the source
-(in a worker thread), sending and reading answers overlap (:mod:`host_sim.sender`),
-and memory stays bounded by three buffers of about 1 MiB of requests.
+(in a worker thread), sending and reading answers overlap (:mod:`host_sim.sender`):
+over a plain socket the source is mapped and sent from the mapping (at most about
+32 MiB of it mapped in at once), elsewhere memory stays bounded by three buffers of
+about 1 MiB of requests.
 """
 
 from __future__ import annotations

@@ -14,7 +14,10 @@ may be in flight, so in-flight ids are always distinct. Layouts come from
 Pipelined WRITEs: :meth:`~HostConnection.writes_into` and :meth:`~HostConnection.write_into`
 build WRITEs in place in the caller's buffer, whose data slots the caller filled (from a
 template: only the transaction id, offset and size change from one to the next), and
-record full-size ones as a range of consecutive transaction ids, not one record each.
+record full-size ones as a range of consecutive transaction ids, not one record each;
+:meth:`~HostConnection.write_prefixes` does the same for WRITEs whose 80-byte prefixes
+it keeps, one per transaction id (:attr:`~HostConnection.prefixes`), for a sender that
+sends each prefix and its data as separate pieces.
 While the oldest request in flight is such a range, :meth:`~HostConnection.receive_data`
 checks the answers where they lie in the received bytes (pipe header, status at payload
 offset 20, transaction id at 24, flags at 25), takes the successful ones without copying

@@ -3,25 +3,39 @@ place.
 
 Theory of operation
 -------------------
-The message buffers are preallocated, one per chunk of the source: slot ``i`` of a buffer
-holds a whole WRITE request, its data at slot offset 80. A worker thread reads a chunk of
-the source straight into the data slots of a free buffer (``os.preadv``, or ``readinto``
-slot by slot where there is no ``preadv``). The sender takes every free credit of the
-window at once, has :class:`~host_sim.protocol.HostConnection` write the headers of that
-many consecutive slots in place (from its template: only the transaction id, offset and
-size differ) and sends them with one ``send_all`` of the buffer's own memory: nothing is
-joined or copied. A buffer goes back to the reader once all its messages are sent. The
-answers go to ``HostConnection.receive_data``, which takes the successful ones where they
-lie and counts them; anything else comes out of ``next_answer`` and ends the copy. The
-requests in flight are a range of transaction ids inside the connection, so nothing is
-allocated per WRITE.
+Over a plain socket stream (:func:`gsi.transports.raw_socket` finds its non-blocking
+socket) with a source that can be mapped (Linux, ``MADV_POPULATE_READ``),
+:class:`MappedCopy` sends each WRITE as two pieces of one ``sendmsg``: its 80-byte
+prefix, one per transaction id in :attr:`HostConnection.prefixes` where
+:meth:`~HostConnection.write_prefixes` writes only the offset, and its data straight from
+the mapping, so the file is copied once, by the kernel into the socket. A worker thread
+makes the mapping resident 8 MiB blocks ahead of the sender (the loop never waits on the
+disk) and unmaps what was sent. One task sends every free credit of the window at once
+and takes the answers already received (``recv_into`` a reused buffer) before each batch;
+it waits on trio only when the socket has nothing for it: for answers once every credit
+is out, for room when a send is cut short (a helper task then takes the answers, since
+the guest may be waiting to send them before it reads on).
 
-With a window of 1 exactly one WRITE is in flight and each goes out with its own
-``send_all``, byte for byte what :meth:`HostConnection.write` builds.
+Any other stream or source: the message buffers are preallocated, one per chunk of the
+source: slot ``i`` of a buffer holds a whole WRITE request, its data at slot offset 80.
+A worker thread reads a chunk of the source straight into the data slots of a free buffer
+(``os.preadv``, or ``readinto`` slot by slot where there is no ``preadv``). The sender
+takes every free credit of the window at once, has
+:class:`~host_sim.protocol.HostConnection` write the headers of that many consecutive
+slots in place (from its template: only the transaction id, offset and size differ) and
+sends them with one ``send_all`` of the buffer's own memory: nothing is joined or copied.
+A buffer goes back to the reader once all its messages are sent.
+
+Either way the answers go to ``HostConnection.receive_data``, which takes the successful
+ones where they lie and counts them; anything else comes out of ``next_answer`` and ends
+the copy. The requests in flight are a range of transaction ids inside the connection,
+so nothing is allocated per WRITE. With a window of 1 exactly one WRITE is in flight and
+each goes out with its own send, byte for byte what :meth:`HostConnection.write` builds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import math
@@ -37,7 +51,7 @@ import trio
 from gsi.codec import WRITE_DATA_OFFSET
 from gsi.errors import CopyFailed
 
-from .protocol import ID_SLOTS, Answer, HostConnection
+from .protocol import Answer, HostConnection
 
 Progress = Callable[[int, int], None]
 """Called with (bytes acknowledged, file size) after each batch of answers."""
@@ -148,10 +162,8 @@ class DataSender:
                                  window=window, poll=self._poll, check=self._check,
                                  progress=progress).run()
             finally:
-                try:
+                with contextlib.suppress(BufferError):  # a view a traceback holds: freed later
                     mm.close()
-                except BufferError:  # a view still held by a traceback: closed when freed
-                    pass
             return
         frag = self.conn.fragment_size
         fragments = math.ceil(size / frag)

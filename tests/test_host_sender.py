@@ -21,9 +21,9 @@ from gsi.framing import Framer
 from gsi.protocol import GuestConnection
 from gsi.testing import open_guest
 from gsi.transports import listener_url, open_listeners
+from host_sim import sender
 from host_sim.client import copy_vm_file, open_host
 from host_sim.protocol import Answer, HostConnection
-from host_sim import sender
 from host_sim.sender import _Chunk, _populate, map_source, read_slots
 
 
