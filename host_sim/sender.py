@@ -320,6 +320,8 @@ class MappedCopy:
         """Set while the sender waits for room: the helper takes the answers."""
         self._helping = False
         """The helper waits for answers: the sender waits on ``_sender`` for them."""
+        self._blocked = False
+        """The sender waits for room (the helper may wait for answers)."""
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -420,10 +422,12 @@ class MappedCopy:
                 n -= len(piece)
             else:
                 return
+            self._blocked = True
             self._help.set()
             try:
                 await trio.lowlevel.wait_writable(sock)
             finally:
+                self._blocked = False
                 self._help = trio.Event()
             try:
                 n = sock.sendmsg(iov)
@@ -436,6 +440,8 @@ class MappedCopy:
         """Take the answers while the sender waits for room to send."""
         while True:
             await self._help.wait()
+            if not self._blocked:  # the send went on before this task ran
+                continue
             self._helping = True
             try:
                 await trio.lowlevel.wait_readable(self._sock)

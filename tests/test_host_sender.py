@@ -262,3 +262,24 @@ async def test_sends_that_wait_for_room_while_answers_pile_up(tmp_path: Path) ->
     writes = recorder.requests[2:-1]
     assert len(writes) == 201
     assert b"".join(w[80:80 + 6144] for w in writes)[:len(data)] == data
+
+
+@pytest.mark.parametrize("full_body", [True, False], ids=["full", "trimmed"])
+async def test_window_64_over_tcp(tmp_path: Path, full_body: bool) -> None:
+    data = random.Random(11).randbytes(300 * 6144 + 1)
+    source = tmp_path / "file.bin"
+    source.write_bytes(data)
+    recorder = Recorder()
+    listeners = await open_listeners("tcp://127.0.0.1:0")
+
+    async def accept_one() -> None:
+        await recorder.serve(await listeners[0].accept())
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(accept_one)
+            async with open_host(listener_url(listeners[0]), full_write_body=full_body) as host:
+                await host.copy_file(source, "/d", window=64)
+    writes = recorder.requests[2:-1]
+    assert len(writes) == 301 and len(writes[-1]) == (80 + 6144 if full_body else 81)
+    assert b"".join(w[80:80 + 6144] for w in writes)[:len(data)] == data
