@@ -92,11 +92,16 @@ class Recorder:
                     return
 
 
-async def serve(recorder: Recorder, path: Path, nursery: trio.Nursery) -> str:
-    listeners = await open_listeners(f"unix://{path}")
+async def serve(recorder: Recorder, where: Path | str, nursery: trio.Nursery, *,
+                send_buffer: int | None = None) -> str:
+    """Serve one connection on a Unix socket at ``where`` (or the URL ``where``), its
+    SO_SNDBUF set to ``send_buffer``; returns the URL."""
+    listeners = await open_listeners(where if isinstance(where, str) else f"unix://{where}")
 
     async def accept_one() -> None:
         stream = await listeners[0].accept()
+        if send_buffer is not None:
+            stream.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
         await recorder.serve(stream)
 
     nursery.start_soon(accept_one)
@@ -246,17 +251,10 @@ async def test_sends_that_wait_for_room_while_answers_pile_up(tmp_path: Path) ->
     source = tmp_path / "file.bin"
     source.write_bytes(data)
     recorder = Recorder()
-    listeners = await open_listeners(f"unix://{tmp_path / 'g.sock'}")
-
-    async def accept_one() -> None:
-        stream = await listeners[0].accept()
-        stream.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-        await recorder.serve(stream)
-
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(accept_one)
-            async with open_host(listener_url(listeners[0])) as host:
+            url = await serve(recorder, tmp_path / "g.sock", nursery, send_buffer=4096)
+            async with open_host(url) as host:
                 host.stream.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
                 await host.copy_file(source, "/d", window=255)
     writes = recorder.requests[2:-1]
@@ -270,15 +268,10 @@ async def test_window_64_over_tcp(tmp_path: Path, full_body: bool) -> None:
     source = tmp_path / "file.bin"
     source.write_bytes(data)
     recorder = Recorder()
-    listeners = await open_listeners("tcp://127.0.0.1:0")
-
-    async def accept_one() -> None:
-        await recorder.serve(await listeners[0].accept())
-
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(accept_one)
-            async with open_host(listener_url(listeners[0]), full_write_body=full_body) as host:
+            url = await serve(recorder, "tcp://127.0.0.1:0", nursery)
+            async with open_host(url, full_write_body=full_body) as host:
                 await host.copy_file(source, "/d", window=64)
     writes = recorder.requests[2:-1]
     assert len(writes) == 301 and len(writes[-1]) == (80 + 6144 if full_body else 81)
