@@ -51,6 +51,7 @@ from .events import (
 from .logsafe import escape
 from .protocol import GuestConnection
 from .sink_api import Buffer, Sink, SinkCopy
+from .transports.base import raw_socket
 from .writer import GATHERED, CopyWriter, WriterThread
 
 log = logging.getLogger("gsi.receiver")
@@ -65,15 +66,6 @@ _DRAIN_FROM: Final = 16 * 1024
 """A receive of at least this many bytes is taken as part of a burst and followed by
 further receives (a stop-and-wait request, at most 6224 bytes from a stock host, is not:
 a further receive would only fail)."""
-
-
-def _raw_socket(stream: trio.abc.Stream) -> socket.socket | None:
-    """The non-blocking stdlib socket under a trio SocketStream, else None (other streams
-    are read with ``receive_some``)."""
-    if type(stream) is not trio.SocketStream:
-        return None
-    sock = getattr(stream.socket, "_sock", None)
-    return sock if isinstance(sock, socket.socket) else None
 
 
 @runtime_checkable
@@ -159,7 +151,7 @@ class Session:
         self.gather_bytes = gather_bytes
         self._writer: CopyWriter | None = None
         self._thread = WriterThread()
-        self._sock = _raw_socket(stream)
+        self._sock = raw_socket(stream)
         self._streak = 0
         self.copy: SinkCopy | None = None
         self._feed: Callable[[bytes | bytearray | memoryview], None] = connection.receive_data

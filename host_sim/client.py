@@ -4,8 +4,10 @@
 copies files one after another, like repeated Copy-VMFile calls. A copy is START,
 the file in fragments, COMPLETE. With ``window=1`` exactly one request is in flight
 at a time, like the real host; a larger window pipelines WRITEs. Reading the source
-(in a worker thread), sending and reading answers overlap (:mod:`host_sim.sender`),
-and memory stays bounded by three buffers of about 1 MiB of requests.
+(in a worker thread), sending and reading answers overlap (:mod:`host_sim.sender`):
+over a plain socket the source is mapped and sent from the mapping (at most about
+32 MiB of it mapped in at once), elsewhere memory stays bounded by three buffers of
+about 1 MiB of requests.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from gsi.constants import (
     describe_status,
 )
 from gsi.errors import CopyFailed, ProtocolError
-from gsi.transports import connect
+from gsi.transports import connect, raw_socket
 
 from .protocol import MAX_WINDOW, Answer, HostConnection
 from .sender import DataSender, Progress
@@ -95,6 +97,7 @@ class HostClient:
         # On a socket, answers are received into one reused buffer (the connection
         # copies what it keeps); other streams hand out fresh bytes.
         self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
+        self._raw = raw_socket(stream)
         self._received = memoryview(bytearray(RECEIVE_SIZE if self._socket else 0))
 
     async def aclose(self) -> None:
@@ -206,7 +209,8 @@ class HostClient:
     async def _send_data(self, f: io.RawIOBase, size: int, window: int,
                          progress: Progress | None) -> None:
         sender = DataSender(self.conn, send=self.send, receive=self.receive,
-                            poll=self.poll_answer, check=self._check)
+                            poll=self.poll_answer, check=self._check, sock=self._raw,
+                            buffer=self._received)
         with surface_errors():
             await sender.run(f, size, window, progress)
 

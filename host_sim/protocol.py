@@ -14,7 +14,10 @@ may be in flight, so in-flight ids are always distinct. Layouts come from
 Pipelined WRITEs: :meth:`~HostConnection.writes_into` and :meth:`~HostConnection.write_into`
 build WRITEs in place in the caller's buffer, whose data slots the caller filled (from a
 template: only the transaction id, offset and size change from one to the next), and
-record full-size ones as a range of consecutive transaction ids, not one record each.
+record full-size ones as a range of consecutive transaction ids, not one record each;
+:meth:`~HostConnection.write_prefixes` does the same for WRITEs whose 80-byte prefixes
+it keeps, one per transaction id (:attr:`~HostConnection.prefixes`), for a sender that
+sends each prefix and its data as separate pieces.
 While the oldest request in flight is such a range, :meth:`~HostConnection.receive_data`
 checks the answers where they lie in the received bytes (pipe header, status at payload
 offset 20, transaction id at 24, flags at 25), takes the successful ones without copying
@@ -60,15 +63,18 @@ from gsi.names import encode_name
 
 from .answers import Answer, Reply, Request, WriteRange
 
-__all__ = ["MAX_WINDOW", "Answer", "HostConnection", "Reply", "Request"]
+__all__ = ["ID_SLOTS", "MAX_WINDOW", "Answer", "HostConnection", "Reply", "Request"]
 
 MAX_WINDOW = 255
+ID_SLOTS = 256
+"""Transaction ids (u8): :meth:`HostConnection.write_headers` keeps a prefix per id."""
 _RESPONSE = int(IcFlags.RESPONSE)  # a plain int: IntFlag arithmetic costs a microsecond
 _WRITE = Operation.WRITE_TO_FILE.name
 _ANSWER_HEAD = struct.Struct("<II12xIBB")
 """An answer's pipe flags and msgsize, status (payload offset 20), transaction id (24) and
 icflags (25)."""
 _HEAD = _ANSWER_HEAD.size
+_OFFSET = struct.Struct("<Q")
 _TID_OFFSET = 24
 
 
@@ -103,6 +109,8 @@ class HostConnection:
         self._next_tid = 0
         self._padding = bytes(fragment_size)
         self._template: bytes | None = None
+        self._table: memoryview | None = None
+        self._prefix_views: list[memoryview] = []
         self._skip = 0
         """Bytes still to come of a pipelined WRITE's answer whose header was checked."""
         self._head = b""
@@ -214,15 +222,67 @@ class HostConnection:
         step = length if stride is None else stride
         if count < 1 or step < length:
             raise ValueError(f"bad count {count} or stride {step} (WRITEs are {length} bytes)")
+        self._build_writes(buf, pos, step, offset, count)
+        return pos + (count - 1) * step + length
+
+    def write_prefixes(self, offset: int, count: int) -> int:
+        """``count`` full-size WRITEs for file offsets ``offset``, ``offset +
+        fragment_size``..., as their 80-byte prefixes in :attr:`prefixes` (one per
+        transaction id, the template with its id written once): only the offset is
+        written per message. The caller sends each prefix followed by its fragment of
+        data. Recorded as one range of ids, like :meth:`writes_into`; returns the first
+        id. At most 255 are in flight, so a prefix is rewritten only once its WRITE was
+        answered."""
+        if count < 1:
+            raise ValueError(f"bad count {count}")
+        table = self._table or self._make_table()
+        tid = self._record_range(count)
+        first, pack, at = tid, _OFFSET.pack_into, codec.WRITE_FIELDS_OFFSET
+        head, frag = codec.WRITE_DATA_OFFSET, self.fragment_size
+        for _ in range(count):
+            pack(table, tid * head + at, offset)
+            tid = (tid + 1) & 0xFF
+            offset += frag
+        return first
+
+    @property
+    def prefixes(self) -> list[memoryview]:
+        """The prefix of the full-size WRITE with each transaction id, as
+        :meth:`write_prefixes` last wrote it."""
+        if self._table is None:
+            self._make_table()
+        return self._prefix_views
+
+    def _make_table(self) -> memoryview:
+        template, head = self._template or self._make_template(), codec.WRITE_DATA_OFFSET
+        table = memoryview(bytearray(template * ID_SLOTS))
+        for tid in range(ID_SLOTS):
+            table[tid * head + _TID_OFFSET] = tid
+        self._prefix_views = [table[i * head:(i + 1) * head] for i in range(ID_SLOTS)]
+        self._table = table
+        return table
+
+    def _record_range(self, count: int) -> int:
+        """``count`` full-size WRITEs from the next id on are in flight: the first id."""
         if self._count + count > min(self._limit, MAX_WINDOW):
             raise LocalProtocolError(f"at most {MAX_WINDOW} requests may be in flight")
-        template = self._template or self._make_template()
-        frag, tid, head = self.fragment_size, self._next_tid, len(template)
-        pack, fields = codec.WRITE_FIELDS.pack_into, codec.WRITE_FIELDS_OFFSET
+        tid = self._next_tid
         run = self._tail
         if run is None:
             run = self._tail = WriteRange(tid)
             self._in_flight.append(run)
+        run.count += count
+        self._count += count
+        self._next_tid = (tid + count) & 0xFF
+        return tid
+
+    def _build_writes(self, buf: bytearray | memoryview, pos: int, step: int, offset: int,
+                      count: int) -> None:
+        """WRITEs from the template, the n-th at ``pos + n * step``, recorded as a range."""
+        template = self._template or self._make_template()
+        frag, head = self.fragment_size, len(template)
+        pack, fields = codec.WRITE_FIELDS.pack_into, codec.WRITE_FIELDS_OFFSET
+        tid = self._record_range(count)
         for _ in range(count):
             buf[pos:pos + head] = template
             buf[pos + _TID_OFFSET] = tid
@@ -230,10 +290,6 @@ class HostConnection:
             tid = (tid + 1) & 0xFF
             offset += frag
             pos += step
-        self._next_tid = tid
-        run.count += count
-        self._count += count
-        return pos - step + length
 
     def _make_template(self) -> bytes:
         self._template = codec.pack_write_prefix(
@@ -468,7 +524,7 @@ class HostConnection:
 
     def _set_versions(self, framework: Version, message: Version) -> None:
         self.framework_version, self.message_version = framework, message
-        self._template = None
+        self._template = self._table = None
 
     @staticmethod
     def _chosen_versions(payload: bytes) -> tuple[Version, Version]:

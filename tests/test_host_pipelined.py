@@ -80,6 +80,37 @@ def test_template_follows_the_negotiated_versions() -> None:
     assert buf[8:12] == b"\x01\x00\x00\x00"
 
 
+@pytest.mark.parametrize("full_body", [True, False], ids=["full", "trimmed"])
+def test_prefixes_by_id_with_their_data_are_what_write_builds(full_body: bool) -> None:
+    """write_prefixes across the wrap of transaction ids, then after a negotiation: each
+    prefix followed by its data is byte for byte ``write``; answers take the range."""
+    frag, rng = 100, random.Random(4)
+    data = rng.randbytes(700 * frag)
+    reference = HostConnection(fragment_size=frag, full_write_body=full_body)
+    host = HostConnection(fragment_size=frag, full_write_body=full_body)
+    reference.complete()
+    host.receive_data(echo(host.complete()))  # start at id 1
+    assert isinstance(host.next_answer(), Answer)
+    offset = 0
+    for count in (200, 55, 1, 254, 190):
+        first = host.write_prefixes(offset, count)
+        sent = [bytes(host.prefixes[(first + i) & 0xFF]) + data[offset + i * frag:
+                                                                offset + (i + 1) * frag]
+                for i in range(count)]
+        expected = [reference.write(offset + i * frag, data[offset + i * frag:
+                                                            offset + (i + 1) * frag])
+                    for i in range(count)]
+        assert sent == expected
+        assert host.receive_data(b"".join(echo(m, trim=True) for m in sent)) == count
+        assert host.in_flight == 0
+        offset += count * frag
+        reference.abandon_in_flight()
+    with pytest.raises(ValueError, match="count"):
+        host.write_prefixes(0, 0)
+    with pytest.raises(LocalProtocolError, match=str(MAX_WINDOW)):
+        host.write_prefixes(0, MAX_WINDOW + 1)
+
+
 def test_writes_into_at_a_stride_leaves_the_gaps_alone() -> None:
     host = HostConnection(fragment_size=100)
     buf = bytearray(b"\x55" * 3 * 200)

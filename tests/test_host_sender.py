@@ -1,12 +1,14 @@
 """The host's pipelined sender over real sockets: SHA-256-checked copies into a real
 receiver at window 64, stop-and-wait byte for byte as ``HostConnection.write`` builds it,
-failure answers and lost connections, and reading the source without ``os.preadv``."""
+failure answers and lost connections, sends that wait for room while answers pile up, a
+source that cannot be mapped (read into slots, with or without ``os.preadv``) or shrinks."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import random
+import socket
 from pathlib import Path
 
 import pytest
@@ -19,9 +21,10 @@ from gsi.framing import Framer
 from gsi.protocol import GuestConnection
 from gsi.testing import open_guest
 from gsi.transports import listener_url, open_listeners
+from host_sim import sender
 from host_sim.client import copy_vm_file, open_host
 from host_sim.protocol import Answer, HostConnection
-from host_sim.sender import _Chunk, read_slots
+from host_sim.sender import _Chunk, _populate, map_source, read_slots
 
 
 def sha256(data: bytes) -> str:
@@ -89,11 +92,16 @@ class Recorder:
                     return
 
 
-async def serve(recorder: Recorder, path: Path, nursery: trio.Nursery) -> str:
-    listeners = await open_listeners(f"unix://{path}")
+async def serve(recorder: Recorder, where: Path | str, nursery: trio.Nursery, *,
+                send_buffer: int | None = None) -> str:
+    """Serve one connection on a Unix socket at ``where`` (or the URL ``where``), its
+    SO_SNDBUF set to ``send_buffer``; returns the URL."""
+    listeners = await open_listeners(where if isinstance(where, str) else f"unix://{where}")
 
     async def accept_one() -> None:
         stream = await listeners[0].accept()
+        if send_buffer is not None:
+            stream.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
         await recorder.serve(stream)
 
     nursery.start_soon(accept_one)
@@ -143,9 +151,15 @@ async def test_a_guest_that_closes_mid_copy(tmp_path: Path) -> None:
                 await copy_vm_file(url, source, "/d", window=64)
 
 
-async def test_copy_without_preadv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Where ``os.preadv`` does not exist (Windows), the slots are read one by one."""
-    monkeypatch.delattr(os, "preadv", raising=False)
+@pytest.mark.parametrize("preadv", [True, False], ids=["preadv", "readinto"])
+async def test_copy_of_a_source_that_is_not_mapped(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   preadv: bool) -> None:
+    """Where the source cannot be mapped (not Linux) it is read into the message slots;
+    where ``os.preadv`` does not exist either (Windows), slot by slot."""
+    monkeypatch.setattr(sender.sys, "platform", "win32")
+    if not preadv:
+        monkeypatch.delattr(os, "preadv", raising=False)
     data = random.Random(3).randbytes(300 * 6144 + 5)
     source = tmp_path / "source.bin"
     source.write_bytes(data)
@@ -202,3 +216,63 @@ async def test_a_source_that_shrinks_during_the_copy(tmp_path: Path) -> None:
         with trio.fail_after(30), pytest.raises(CopyFailed, match="shrank"):
             await copy_vm_file(guest.url, source, "/", window=64, progress=shrink)
         assert not guest.path("/source.bin").exists()
+
+
+def test_what_can_be_mapped(tmp_path: Path) -> None:
+    source = tmp_path / "source.bin"
+    source.write_bytes(b"")
+    with source.open("rb", buffering=0) as f:
+        assert map_source(f, 0) is None  # nothing to send
+    source.write_bytes(b"abc" * 5000)
+    with source.open("rb", buffering=0) as f:
+        assert map_source(f, 15001) is None  # shorter than its size was: the slot path says so
+        mm = map_source(f, 15000)
+        assert mm is not None and mm[:3] == b"abc" and len(mm) == 15000
+        mm.close()
+
+
+def test_populating_past_the_end_of_a_shrunk_source(tmp_path: Path) -> None:
+    source = tmp_path / "source.bin"
+    source.write_bytes(bytes(5 << 20))
+    with source.open("rb", buffering=0) as f:
+        mm = map_source(f, 5 << 20)
+        assert mm is not None
+        _populate(mm, f.fileno(), 5 << 20, 0, 1 << 20, 0, 0)
+        os.truncate(source, 1 << 20)
+        with pytest.raises(CopyFailed, match=f"shrank.*{4 << 20} bytes missing"):
+            _populate(mm, f.fileno(), 5 << 20, 1 << 20, 5 << 20, 0, 1 << 20)
+        mm.close()
+
+
+async def test_sends_that_wait_for_room_while_answers_pile_up(tmp_path: Path) -> None:
+    """Tiny socket buffers both ways and whole echoes: the host's sends wait for room
+    while the guest waits to send its answers, so the host must take them meanwhile."""
+    data = random.Random(5).randbytes(200 * 6144 + 99)
+    source = tmp_path / "file.bin"
+    source.write_bytes(data)
+    recorder = Recorder()
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            url = await serve(recorder, tmp_path / "g.sock", nursery, send_buffer=4096)
+            async with open_host(url) as host:
+                host.stream.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+                await host.copy_file(source, "/d", window=255)
+    writes = recorder.requests[2:-1]
+    assert len(writes) == 201
+    assert b"".join(w[80:80 + 6144] for w in writes)[:len(data)] == data
+
+
+@pytest.mark.parametrize("full_body", [True, False], ids=["full", "trimmed"])
+async def test_window_64_over_tcp(tmp_path: Path, full_body: bool) -> None:
+    data = random.Random(11).randbytes(300 * 6144 + 1)
+    source = tmp_path / "file.bin"
+    source.write_bytes(data)
+    recorder = Recorder()
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            url = await serve(recorder, "tcp://127.0.0.1:0", nursery)
+            async with open_host(url, full_write_body=full_body) as host:
+                await host.copy_file(source, "/d", window=64)
+    writes = recorder.requests[2:-1]
+    assert len(writes) == 301 and len(writes[-1]) == (80 + 6144 if full_body else 81)
+    assert b"".join(w[80:80 + 6144] for w in writes)[:len(data)] == data

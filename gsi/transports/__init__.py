@@ -10,7 +10,7 @@ thread-backed stream for sockets trio cannot poll (AF_HYPERV on Windows, maybe).
 from __future__ import annotations
 
 from .api import StreamListener, connect, listener_url, open_listeners, sockname_address
-from .base import DEFAULT_SOCKET_BUFFER, TransportError, tune_socket
+from .base import DEFAULT_SOCKET_BUFFER, TransportError, raw_socket, tune_socket
 from .hyperv import connect_hyperv, hyperv_socket, open_hyperv_listener
 from .tcp import connect_tcp, open_tcp_listeners
 from .threaded import (
@@ -89,6 +89,7 @@ __all__ = [
     "open_unix_listener",
     "open_vsock_listener",
     "parse_url",
+    "raw_socket",
     "service_guid_to_vsock_port",
     "sockname_address",
     "transport_kind",

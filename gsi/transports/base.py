@@ -65,3 +65,12 @@ def tune_socket(sock: socket.socket | trio.socket.SocketType, size: int | None) 
         except OSError as exc:
             if exc.errno not in _IGNORED_ERRNOS:
                 raise
+
+
+def raw_socket(stream: trio.abc.Stream) -> socket.socket | None:
+    """The non-blocking stdlib socket under a trio SocketStream, else None (other streams
+    are read and written through the trio stream API)."""
+    if type(stream) is not trio.SocketStream:
+        return None
+    sock = getattr(stream.socket, "_sock", None)
+    return sock if isinstance(sock, socket.socket) else None
