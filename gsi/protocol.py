@@ -42,7 +42,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Final
 
-from . import batch, codec
+from . import batch, bodies, codec
 from .constants import (
     DATA_FRAGMENT,
     FCOPY_HDR_SIZE,
@@ -54,19 +54,15 @@ from .constants import (
     ICMSG_HDR_SIZE,
     LINUX_STATUSES,
     MAX_FILE_OFFSET,
-    MAX_NEGOTIATE_COUNT,
-    NEGOTIATE_FIXED_SIZE,
-    START_BODY_SIZE,
     STATUS_OFFSET,
     WRITE_HEADER_SIZE,
-    CopyFlags,
     IcMsgType,
     Operation,
     Status,
     Version,
     max_msgsize_for,
 )
-from .errors import FramingError, InvalidNameError, LocalProtocolError
+from .errors import FramingError, LocalProtocolError
 from .events import (
     NEED_DATA,
     CancelCopy,
@@ -84,14 +80,11 @@ from .events import (
     WriteData,
 )
 from .framing import Framer
-from .names import NAME_FIELD_SIZE, decode_name
 from .ranges import RangeLimitExceeded, ReceivedRanges
 from .state import GuestState, Trigger, next_state
 
 __all__ = ["GuestConnection", "GuestState", "failure_answer"]
 
-_NAMES_OFFSET = ICMSG_HDR_END + FCOPY_HDR_SIZE
-_START_TAIL = ICMSG_HDR_END + FCOPY_HDR_SIZE + 2 * NAME_FIELD_SIZE
 _WRITE_DATA = codec.WRITE_DATA_OFFSET
 
 
@@ -372,7 +365,7 @@ class GuestConnection:
         codec.U32.pack_into(out, start + STATUS_OFFSET, status)
         out[start + ICFLAGS_OFFSET] = GUEST_ICFLAGS
         if isinstance(event, Negotiate):
-            _edit_negotiate_answer(out, start, event)
+            bodies.edit_negotiate_answer(out, start, event)
 
     def _transition(self, trigger: Trigger, status: int = 0) -> None:
         """The only place the state changes (see :func:`gsi.state.next_state`)."""
@@ -415,34 +408,8 @@ class GuestConnection:
                                     reason=reason, icmsgtype=msgtype, operation=operation))
 
     def _negotiate(self, payload: bytes, tid: int) -> Negotiate:
-        def failed(reason: str, malformed: bool = True) -> Negotiate:
-            return Negotiate(transaction_id=tid, request=payload, status=Status.E_FAIL,
-                             framework_version=None, message_version=None, reason=reason,
-                             malformed=malformed)
-
-        body = memoryview(payload)[ICMSG_HDR_END:]
-        if len(body) < NEGOTIATE_FIXED_SIZE:
-            return failed(f"malformed NEGOTIATE: body of {len(body)} bytes")
-        nframe, nmsg, _ = codec.NEGOTIATE_COUNTS.unpack_from(body)
-        if nframe > MAX_NEGOTIATE_COUNT or nmsg > MAX_NEGOTIATE_COUNT:
-            return failed(f"malformed NEGOTIATE: counts {nframe}/{nmsg} above "
-                          f"{MAX_NEGOTIATE_COUNT}")
-        if NEGOTIATE_FIXED_SIZE + 4 * (nframe + nmsg) > len(body):
-            return failed(f"malformed NEGOTIATE: {nframe}+{nmsg} versions overrun a "
-                          f"{len(body)}-byte body")
-        offered = [codec.IC_VERSION.unpack_from(body, NEGOTIATE_FIXED_SIZE + 4 * i)
-                   for i in range(nframe + nmsg)]
-        host_frame, host_msg = set(offered[:nframe]), set(offered[nframe:])
-        framework = next((v for v in self.framework_versions if v in host_frame), None)
-        message = next((v for v in self.message_versions if v in host_msg), None)
-        if framework is None or message is None:
-            return failed(
-                f"no common version: host offers framework {sorted(host_frame)}, "
-                f"message {sorted(host_msg)}",
-                malformed=False,
-            )
-        return Negotiate(transaction_id=tid, request=payload, status=Status.S_OK,
-                         framework_version=framework, message_version=message)
+        return bodies.negotiate(payload, tid, self.framework_versions,
+                                self.message_versions)
 
     def _fcopy(self, payload: bytes, tid: int) -> None:
         if self.state is GuestState.NEGOTIATING:
@@ -506,37 +473,17 @@ class GuestConnection:
         self._reject(payload, tid, Status.INVALIDARG, reason, operation=op, ends_copy=True)
 
     def _start(self, payload: bytes, tid: int) -> None:
-        op = Operation.START_FILE_COPY
         if self.copy_open:
             self._queue.append(CopyAborted(reason="a new START arrived while a copy was open"))
             self._transition(Trigger.COPY_ABORTED)
-        if len(payload) < ICMSG_HDR_END + START_BODY_SIZE:
-            self._reject(payload, tid, Status.INVALIDARG,
-                         f"START body of {len(payload) - ICMSG_HDR_END} bytes is shorter than "
-                         f"{START_BODY_SIZE}", operation=op)
+        start = bodies.parse_start(payload, self.max_file_size)
+        if isinstance(start, bodies.Refusal):
+            self._reject(payload, tid, start.status, start.reason,
+                         operation=Operation.START_FILE_COPY)
             return
-        try:
-            file_name = decode_name(payload[_NAMES_OFFSET:_NAMES_OFFSET + NAME_FIELD_SIZE])
-            path_name = decode_name(payload[_NAMES_OFFSET + NAME_FIELD_SIZE:_START_TAIL])
-        except InvalidNameError as exc:
-            self._reject(payload, tid, exc.status_hint, f"START: {exc}", operation=op)
-            return
-        flags, file_size = codec.START_TAIL.unpack_from(payload, _START_TAIL)
-        if not file_name or "/" in file_name:
-            self._reject(payload, tid, Status.INVALIDARG,
-                         f"START: file_name {file_name!r} is empty or contains '/'", operation=op)
-        elif file_size > MAX_FILE_OFFSET:
-            self._reject(payload, tid, Status.INVALIDARG,
-                         f"START: file_size {file_size} exceeds the largest file offset "
-                         f"{MAX_FILE_OFFSET}", operation=op)
-        elif file_size > self.max_file_size:
-            self._reject(payload, tid, Status.INVALIDARG,
-                         f"START: file_size {file_size} exceeds the maximum {self.max_file_size}",
-                         operation=op)
-        else:
-            self._queue.append(StartCopy(transaction_id=tid, request=payload,
-                                         file_name=file_name, path_name=path_name,
-                                         flags=CopyFlags(flags), file_size=file_size))
+        self._queue.append(StartCopy(transaction_id=tid, request=payload,
+                                     file_name=start.file_name, path_name=start.path_name,
+                                     flags=start.flags, file_size=start.file_size))
 
     def _complete(self, payload: bytes, tid: int) -> None:
         op = Operation.COMPLETE_FCOPY
@@ -561,18 +508,3 @@ def failure_answer(request: bytes) -> bytes | None:
     codec.U32.pack_into(out, STATUS_OFFSET, Status.E_FAIL)
     out[ICFLAGS_OFFSET] = GUEST_ICFLAGS
     return bytes(out)
-
-
-def _edit_negotiate_answer(out: bytearray, start: int, event: Negotiate) -> None:
-    """The edits the guest makes to an echoed NEGOTIATE (PROTOCOL.md 5.1 and section 8)."""
-    body = start + ICMSG_HDR_END
-    room = len(out) - body
-    if event.framework_version is not None and event.message_version is not None:
-        codec.U16.pack_into(out, start + codec.ICMSGSIZE_OFFSET, 0x10)
-        codec.NEGOTIATE_VERCNT.pack_into(out, body, 1, 1)
-        codec.IC_VERSION.pack_into(out, body + 8, *event.framework_version)
-        codec.IC_VERSION.pack_into(out, body + 12, *event.message_version)
-    elif room >= codec.NEGOTIATE_VERCNT.size:
-        codec.NEGOTIATE_VERCNT.pack_into(out, body, 0, 0)
-        if not event.malformed:
-            codec.U16.pack_into(out, start + codec.ICMSGSIZE_OFFSET, 0x10)
