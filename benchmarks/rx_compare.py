@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks import procs
-from benchmarks.rx_cpu import FRAGMENT, Client
+from benchmarks.rx_cpu import FRAGMENT, Client, measured_copy
 
 _SAW_WRITES = 3000
 
@@ -74,10 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         clients = [Client(r.server.url, data, args.trim) for r in receivers]
         for rep in range(args.reps):
             for receiver, client in zip(receivers, clients, strict=True):
-                procs.scratch(receiver.root, size)
-                before = receiver.server.cpu_seconds()
-                seconds, writes = client.copy(f"c{rep}", args.window)
-                receiver.us.append((receiver.server.cpu_seconds() - before) / writes * 1e6)
+                seconds, writes, cpu = measured_copy(client, receiver.server, receiver.root,
+                                                     f"c{rep}", args.window)
+                receiver.us.append(cpu / writes * 1e6)
                 receiver.mbps.append(size / seconds / 1e6)
                 (receiver.root / f"c{rep}").unlink()
         for client in clients:

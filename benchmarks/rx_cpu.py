@@ -136,6 +136,18 @@ class Client:
         self.sock.close()
 
 
+def measured_copy(client: Client, server: procs.Server, root: Path | None, name: str,
+                  window: int, *, bare: bool = False) -> tuple[float, int, float]:
+    """One copy of the client's data as ``name``, after a scratch file of its size in
+    ``root`` (the page-cache trap; None: the server writes no file): (seconds, WRITEs,
+    the server's CPU seconds over it). The received file is left in ``root``."""
+    if root is not None:
+        procs.scratch(root, len(client.data))
+    before = server.cpu_seconds()
+    seconds, writes = client.copy(name, window, bare=bare)
+    return seconds, writes, server.cpu_seconds() - before
+
+
 def _start(name: str, argv: list[str], log: Path) -> procs.Server:
     return procs.Server(name, argv, log)
 
@@ -210,10 +222,7 @@ def main(argv: list[str] | None = None) -> int:
                 raw_s = _raw_copy(raw.url, source)
                 for f in raw_out.iterdir():
                     f.unlink()
-                procs.scratch(root, size)
-                cpu0 = rx.cpu_seconds()
-                secs, count = client.copy(f"f{rep}", 64)
-                cpu = rx.cpu_seconds() - cpu0
+                secs, count, cpu = measured_copy(client, rx, root, f"f{rep}", 64)
                 got = root / f"f{rep}"
                 if hashlib.sha256(got.read_bytes()).hexdigest() != digest:
                     raise SystemExit("received file differs from the source")
@@ -223,14 +232,9 @@ def main(argv: list[str] | None = None) -> int:
                 result["raw_mbps"].append(size / raw_s / 1e6)
                 result["ratio_raw"].append(raw_s / secs)
             if not args.skip_saw:
-                cpu0 = bare.cpu_seconds()
-                bsecs, bcount = bare_client.copy("b", 1, bare=True)
-                result["saw_bare_cpu_us_per_rt"].append(
-                    (bare.cpu_seconds() - cpu0) / bcount * 1e6)
-                procs.scratch(root, len(saw_data))
-                cpu0 = rx.cpu_seconds()
-                secs, count = saw_client.copy(f"s{rep}", 1)
-                cpu = rx.cpu_seconds() - cpu0
+                bsecs, bcount, bcpu = measured_copy(bare_client, bare, None, "b", 1, bare=True)
+                result["saw_bare_cpu_us_per_rt"].append(bcpu / bcount * 1e6)
+                secs, count, cpu = measured_copy(saw_client, rx, root, f"s{rep}", 1)
                 (root / f"s{rep}").unlink()
                 result["saw_rx_us_per_rt"].append(cpu / count * 1e6)
                 result["saw_rtt_us"].append(secs / count * 1e6)

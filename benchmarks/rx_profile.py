@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 from benchmarks import procs
-from benchmarks.rx_cpu import FRAGMENT, Client
+from benchmarks.rx_cpu import FRAGMENT, Client, measured_copy
 
 _SYSCALLS = ("recvfrom", "sendto", "pwritev2", "epoll_wait", "futex")
 _MAIN = "event loop"
@@ -50,16 +50,14 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
     proc.wait(60)
 
 
-def _copies(client: Client, root: Path, size: int, count: int, window: int,
+def _copies(client: Client, root: Path, count: int, window: int,
             server: procs.Server) -> tuple[float, int]:
-    """``count`` timed copies (scratch file before each); receiver CPU s, WRITEs."""
+    """``count`` measured copies; receiver CPU s, WRITEs."""
     cpu = 0.0
     writes = 0
     for i in range(count):
-        procs.scratch(root, size)
-        before = server.cpu_seconds()
-        _, n = client.copy(f"p{i}", window)
-        cpu += server.cpu_seconds() - before
+        _, n, used = measured_copy(client, server, root, f"p{i}", window)
+        cpu += used
         writes += n
         (root / f"p{i}").unlink()
     return cpu, writes
@@ -116,17 +114,17 @@ def main(argv: list[str] | None = None) -> int:
     server = procs.Server("receiver", rx_argv, tmp / "receiver.log")
     try:
         client = Client(server.url, os.urandom(size), args.trim)
-        _copies(client, root, size, 1, args.window, server)  # warm-up
+        _copies(client, root, 1, args.window, server)  # warm-up
         stat_out = tmp / "stat.txt"
         stat = _perf(["stat", "-o", str(stat_out), "-p", str(server.pid), "-e",
                       ",".join(f"syscalls:sys_enter_{name}" for name in _SYSCALLS)])
         time.sleep(0.5)  # perf attaches asynchronously; nothing is timed here
-        _copies(client, root, size, args.copies, args.window, server)
+        _copies(client, root, args.copies, args.window, server)
         _stop(stat)
         data = tmp / "perf.data"
         record = _perf(["record", "-F", "2999", "-g", "-o", str(data), "-p", str(server.pid)])
         time.sleep(0.5)
-        cpu, writes = _copies(client, root, size, args.copies, args.window, server)
+        cpu, writes = _copies(client, root, args.copies, args.window, server)
         _stop(record)
         client.close()
         counts = _syscalls(stat_out)
