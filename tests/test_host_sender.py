@@ -108,24 +108,36 @@ async def serve(recorder: Recorder, where: Path | str, nursery: trio.Nursery, *,
     return listener_url(listeners[0])
 
 
-@pytest.mark.parametrize("full_body", [True, False], ids=["full", "trimmed"])
-async def test_stop_and_wait_sends_what_write_builds(tmp_path: Path, full_body: bool) -> None:
-    data = random.Random(7).randbytes(5 * 6144 + 77)
+async def recorded_copy(tmp_path: Path, data: bytes, where: Path | str, *, window: int,
+                        full_body: bool = True, send_buffer: int | None = None,
+                        timeout: float = 30) -> list[bytes]:
+    """Copy ``data`` as /d/file.bin with host-sim into a recording guest at ``where``;
+    the requests it received. ``send_buffer``: SO_SNDBUF on both ends."""
     source = tmp_path / "file.bin"
     source.write_bytes(data)
     recorder = Recorder()
-    with trio.fail_after(20):
+    with trio.fail_after(timeout):
         async with trio.open_nursery() as nursery:
-            url = await serve(recorder, tmp_path / "g.sock", nursery)
+            url = await serve(recorder, where, nursery, send_buffer=send_buffer)
             async with open_host(url, full_write_body=full_body) as host:
-                await host.copy_file(source, "/d", window=1)
+                if send_buffer is not None:
+                    host.stream.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
+                await host.copy_file(source, "/d", window=window)
+    return recorder.requests
+
+
+@pytest.mark.parametrize("full_body", [True, False], ids=["full", "trimmed"])
+async def test_stop_and_wait_sends_what_write_builds(tmp_path: Path, full_body: bool) -> None:
+    data = random.Random(7).randbytes(5 * 6144 + 77)
+    requests = await recorded_copy(tmp_path, data, tmp_path / "g.sock", window=1,
+                                   full_body=full_body, timeout=20)
     twin = HostConnection(full_write_body=full_body)
     expected = [twin.negotiate(),
                 twin.start_copy(file_name="file.bin", path_name="/d", flags=CopyFlags.NONE,
                                 file_size=len(data))]
     expected += [twin.write(off, data[off:off + 6144]) for off in range(0, len(data), 6144)]
     expected.append(twin.complete())
-    assert recorder.requests == expected
+    assert requests == expected
 
 
 async def test_a_failure_answer_ends_the_copy(tmp_path: Path) -> None:
@@ -248,16 +260,9 @@ async def test_sends_that_wait_for_room_while_answers_pile_up(tmp_path: Path) ->
     """Tiny socket buffers both ways and whole echoes: the host's sends wait for room
     while the guest waits to send its answers, so the host must take them meanwhile."""
     data = random.Random(5).randbytes(200 * 6144 + 99)
-    source = tmp_path / "file.bin"
-    source.write_bytes(data)
-    recorder = Recorder()
-    with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            url = await serve(recorder, tmp_path / "g.sock", nursery, send_buffer=4096)
-            async with open_host(url) as host:
-                host.stream.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-                await host.copy_file(source, "/d", window=255)
-    writes = recorder.requests[2:-1]
+    requests = await recorded_copy(tmp_path, data, tmp_path / "g.sock", window=255,
+                                   send_buffer=4096)
+    writes = requests[2:-1]
     assert len(writes) == 201
     assert b"".join(w[80:80 + 6144] for w in writes)[:len(data)] == data
 
@@ -265,14 +270,8 @@ async def test_sends_that_wait_for_room_while_answers_pile_up(tmp_path: Path) ->
 @pytest.mark.parametrize("full_body", [True, False], ids=["full", "trimmed"])
 async def test_window_64_over_tcp(tmp_path: Path, full_body: bool) -> None:
     data = random.Random(11).randbytes(300 * 6144 + 1)
-    source = tmp_path / "file.bin"
-    source.write_bytes(data)
-    recorder = Recorder()
-    with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            url = await serve(recorder, "tcp://127.0.0.1:0", nursery)
-            async with open_host(url, full_write_body=full_body) as host:
-                await host.copy_file(source, "/d", window=64)
-    writes = recorder.requests[2:-1]
+    requests = await recorded_copy(tmp_path, data, "tcp://127.0.0.1:0", window=64,
+                                   full_body=full_body)
+    writes = requests[2:-1]
     assert len(writes) == 301 and len(writes[-1]) == (80 + 6144 if full_body else 81)
     assert b"".join(w[80:80 + 6144] for w in writes)[:len(data)] == data
